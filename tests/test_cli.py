@@ -1,0 +1,37 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import shared_data
+from training.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True)
+
+
+def test_data_stats_json_real_cirr():
+    r = run_cli("data", "stats", "--kind", "cirr", "--root", str(shared_data("cirr")), "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["val"] == {"images": 2297, "pairs": 4181}
+    assert stats["test1"]["pairs"] == 4148
+
+
+def test_data_stats_fashioniq_per_category(capsys):
+    assert main(["data", "stats", "--kind", "fashioniq", "--root", str(shared_data("fashioniq")), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["val"]["pairs"] == 6016
+    assert sum(c["pairs"] for c in stats["val"]["categories"].values()) == 6016
+
+
+def test_data_oracle_json(synth_small, capsys):
+    assert main(["data", "oracle", "--root", str(synth_small), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["R@1"] == 100.0 and m["Rs@1"] == 100.0
+
+
+def test_bad_root_is_a_clear_error(tmp_path):
+    r = run_cli("data", "oracle", "--root", str(tmp_path))
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "captions" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,127 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from training.datasets import load_cirr
+from training.oracle import oracle_metrics
+from training.scenes import (
+    COLORS,
+    SHAPES,
+    TEMPLATES,
+    _template_regex,
+    apply_edit,
+    edit_text,
+    hard_distractors,
+    parse_edit,
+    random_edit,
+    random_scene,
+    scene_key,
+    templates_for,
+)
+from training.synth import generate, render_scene
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(a, "small", seed=3, progress=False, workers=1)
+    generate(b, "small", seed=3, progress=False, workers=2)
+    generate(c, "small", seed=4, progress=False, workers=2)
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_cirr_layout_and_img_sets(synth_small):
+    for split in ("train", "val", "test1"):
+        data = load_cirr(synth_small, split, check_images=True)
+        assert data.name == "synth" and data.skipped == 0
+        scenes = json.loads((synth_small / "scenes" / f"scenes.synth.{split}.json").read_text())
+        keys = [scenes[n]["key"] for n in data.gallery]
+        assert len(keys) == len(set(keys)), "one image per scene within a split"
+        for q in data.queries:
+            assert len(q.members) == 6 and len(set(q.members)) == 6
+            assert q.reference in q.members and q.target in q.members
+            assert q.reference != q.target
+            assert scenes[q.reference]["caption"].startswith("a ")
+
+
+def test_heldout_phrasings_only_outside_train():
+    for kind, (seen, held) in TEMPLATES.items():
+        assert set(templates_for(kind, "train")) == set(seen)
+        assert set(held) <= set(templates_for(kind, "val"))
+
+
+def test_heldout_phrasings_appear_in_val_only(synth_small):
+    held = [_template_regex(t) for _, h in TEMPLATES.values() for t in h]
+
+    def uses_held(caption):
+        return any(rx.fullmatch(caption) for rx in held)
+
+    assert not any(uses_held(q.caption) for q in load_cirr(synth_small, "train").queries)
+    assert sum(uses_held(q.caption) for q in load_cirr(synth_small, "val").queries) > 10
+
+
+def test_edits_parse_back_to_the_same_target():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        ref = random_scene(rng)
+        edit = random_edit(rng, ref)
+        target = apply_edit(ref, edit)
+        assert scene_key(target) != scene_key(ref)
+        for t in templates_for(edit.kind, "val"):
+            text = edit_text(edit, t)
+            assert scene_key(apply_edit(ref, parse_edit(text, ref))) == scene_key(target), text
+
+
+def test_distractors_are_hard_and_distinct():
+    rng = np.random.default_rng(1)
+    wrong_shape = wrong_color = 0
+    for _ in range(300):
+        ref = random_scene(rng)
+        edit = random_edit(rng, ref)
+        if edit.kind != "color":
+            continue
+        target = apply_edit(ref, edit)
+        ds = hard_distractors(rng, ref, edit, target)
+        keys = {scene_key(d) for d in ds} | {scene_key(ref), scene_key(target)}
+        assert len(keys) == 6
+        new = [o for o in target if o.pos == edit.target_obj.pos][0]
+        for d in ds:
+            at = [o for o in d if o.pos == new.pos]
+            if at and at[0].color == new.color and at[0].shape != new.shape:
+                wrong_shape += 1
+            if at and at[0].shape == new.shape and at[0].color != new.color:
+                wrong_color += 1
+    assert wrong_shape > 50 and wrong_color > 50
+
+
+def test_render_is_jittered_and_shows_colors():
+    rng = np.random.default_rng(0)
+    scene = random_scene(rng, 1)
+    a = np.asarray(render_scene(scene, 64, [0, 0, 1]), dtype=np.int32)
+    b = np.asarray(render_scene(scene, 64, [0, 0, 2]), dtype=np.int32)
+    assert a.shape == (64, 64, 3)
+    assert np.abs(a - b).sum() > 0, "two renderings of one scene are never pixel-identical"
+    target = np.array(COLORS[scene[0].color])
+    assert (np.abs(a - target).sum(axis=2) < 60).sum() > 40, "the object's color covers many pixels"
+    assert len(SHAPES) >= 6 and len(COLORS) >= 8
+
+
+def test_oracle_scores_100(synth_small):
+    m = oracle_metrics(synth_small, "val")
+    assert m["R@1"] == 100.0 and m["Rs@1"] == 100.0
+
+
+def test_unknown_size_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown size"):
+        generate(tmp_path, "huge")

@@ -1,0 +1,146 @@
+"""`dqe-cir`: the command line of the whole project.
+
+This is the application layer: it imports each package's commands lazily, so a serving install
+(no torch) can still run the serving commands. Library code keeps the dependency rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _print_json_or_table(obj: dict, as_json: bool, title: str = "") -> None:
+    if as_json:
+        print(json.dumps(obj, sort_keys=False))
+        return
+    if title:
+        print(title)
+    width = max((len(k) for k in obj), default=0)
+    for k, v in obj.items():
+        if isinstance(v, float):
+            v = f"{v:.2f}"
+        print(f"  {k:<{width}}  {v}")
+
+
+# --- data -------------------------------------------------------------------------------
+def cmd_data_synth(args) -> int:
+    from training.synth import generate
+
+    summary = generate(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
+                       workers=args.workers, progress=not args.quiet)
+    for split, c in summary.items():
+        print(f"{split:6s} {c['pairs']:6d} pairs {c['images']:6d} images")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def data_stats(kind: str, root: str) -> dict:
+    from training import datasets as ds
+
+    root_path = Path(root)
+    out: dict = {"kind": kind, "root": str(root_path)}
+    if kind == "cirr":
+        name = ds.cirr_dataset_name(root_path)
+        out["name"] = name
+        for split in ds.CIRR_SPLITS:
+            if not (root_path / "image_splits" / f"split.{name}.{split}.json").is_file():
+                continue
+            images = ds.read_json(root_path / "image_splits" / f"split.{name}.{split}.json")
+            entry = {"images": len(images)}
+            if (root_path / "captions" / f"cap.{name}.{split}.json").is_file():
+                data = ds.load_cirr(root_path, split, name)
+                entry["pairs"] = len(data.queries)
+            out[split] = entry
+    elif kind == "fashioniq":
+        for split in ds.FIQ_SPLITS:
+            data = ds.load_fashioniq(root_path, split)
+            entry = {"pairs": len(data.triplets),
+                     "images": sum(len(v) for v in data.gallery.values()), "categories": {}}
+            for cat in data.categories:
+                entry["categories"][cat] = {"pairs": sum(t.category == cat for t in data.triplets),
+                                            "images": len(data.gallery[cat])}
+            out[split] = entry
+    elif kind == "circo":
+        for split in ds.CIRCO_SPLITS:
+            data = ds.load_circo(root_path, split)
+            referenced = {q.reference for q in data.queries} | {t for q in data.queries for t in q.targets}
+            out[split] = {"pairs": len(data.queries), "images": len(referenced)}
+    else:
+        raise ValueError(kind)
+    return out
+
+
+def cmd_data_stats(args) -> int:
+    stats = data_stats(args.kind, args.root)
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    print(f"{args.kind} at {stats['root']}")
+    for split, entry in stats.items():
+        if not isinstance(entry, dict):
+            continue
+        pairs = entry.get("pairs", "-")
+        print(f"  {split:6s} pairs {pairs!s:>7}  images {entry['images']:>7}")
+        for cat, c in entry.get("categories", {}).items():
+            print(f"    {cat:8s} pairs {c['pairs']:>7}  images {c['images']:>7}")
+    return 0
+
+
+def cmd_data_oracle(args) -> int:
+    from training.oracle import oracle_metrics
+
+    _print_json_or_table(oracle_metrics(args.root, args.split), args.json, f"oracle on {args.root} ({args.split})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dqe-cir", description="DQE-CIR composed image retrieval for Qdrant")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="benchmarks: generate, inspect, score the oracle")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="generate the synthetic CIR benchmark (CIRR layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", choices=["small", "demo", "large"], default="demo")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--workers", type=int, default=None, help="render processes (output is the same for any)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+    s = dsub.add_parser("stats", help="pairs and images per split")
+    s.add_argument("--kind", choices=["cirr", "fashioniq", "circo"], required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+    s = dsub.add_parser("oracle", help="score the ground-truth oracle on the synthetic set")
+    s.add_argument("--root", required=True)
+    s.add_argument("--split", default="val", choices=["train", "val", "test1"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_oracle)
+
+    for register in _command_modules():
+        register(sub)
+    return p
+
+
+def _command_modules():
+    """Each later stage (train, export, index, search) adds its subcommands here."""
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training.errors import TrainingError
+
+    try:
+        return args.func(args)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Loaders for CIRR (and the synthetic set, which uses its layout), FashionIQ and CIRCO.
+
+Annotation parsing only, no pixels and no torch: each loader returns plain dataclasses with image
+names and absolute paths. A malformed file is a TrainingError naming the file and the field; with
+on_error="skip" a bad record is dropped and counted in `skipped` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.errors import TrainingError
+
+FIQ_CATEGORIES = ("dress", "shirt", "toptee")
+
+
+def read_json(path: Path):
+    if not path.is_file():
+        raise TrainingError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+
+
+def _field(record: dict, name: str, path: Path, index: int, kind=None):
+    if not isinstance(record, dict):
+        raise TrainingError(f"{path}: record {index} is a {type(record).__name__}, expected an object")
+    if name not in record:
+        raise TrainingError(f"{path}: record {index} has no field {name!r}")
+    value = record[name]
+    if kind is not None and not isinstance(value, kind):
+        raise TrainingError(f"{path}: record {index} field {name!r} should be {kind}, got {type(value).__name__}")
+    return value
+
+
+class _Skipper:
+    """Raise, or count and drop, one bad record at a time."""
+
+    def __init__(self, on_error: str):
+        if on_error not in ("raise", "skip"):
+            raise TrainingError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.on_error, self.count, self.reasons = on_error, 0, []
+
+    def __call__(self, error: TrainingError) -> None:
+        if self.on_error == "raise":
+            raise error
+        self.count += 1
+        if len(self.reasons) < 20:
+            self.reasons.append(str(error))
+
+
+# --- CIRR and the synthetic set ---------------------------------------------------------
+CIRR_SPLITS = ("train", "val", "test1")
+
+
+@dataclass
+class CIRRQuery:
+    pairid: int
+    reference: str
+    caption: str
+    target: str | None  # None on the test split
+    target_soft: dict[str, float]
+    members: list[str]
+    edit_kind: str | None = None  # synthetic set only
+
+
+@dataclass
+class CIRRSplit:
+    name: str  # "rc2" for CIRR, "synth" for the synthetic set
+    split: str
+    root: Path
+    queries: list[CIRRQuery]
+    images: dict[str, Path]  # image name -> absolute path
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def gallery(self) -> list[str]:
+        return list(self.images)
+
+
+def cirr_dataset_name(root: Path) -> str:
+    """'rc2' or 'synth' (or any other release name) from the files under captions/."""
+    names = sorted({p.name.split(".")[1] for p in (root / "captions").glob("cap.*.*.json")})
+    if not names:
+        raise TrainingError(f"{root / 'captions'}: no cap.<name>.<split>.json files; is {root} a CIRR-layout root?")
+    if len(names) > 1:
+        raise TrainingError(f"{root}: several releases ({', '.join(names)}); pass name=...")
+    return names[0]
+
+
+def load_cirr(root: str | Path, split: str, name: str | None = None, check_images: bool = False,
+              on_error: str = "raise") -> CIRRSplit:
+    root = Path(root).resolve()
+    if split not in CIRR_SPLITS:
+        raise TrainingError(f"unknown CIRR split {split!r}; choose one of {', '.join(CIRR_SPLITS)}")
+    name = name or cirr_dataset_name(root)
+    split_path = root / "image_splits" / f"split.{name}.{split}.json"
+    raw_split = read_json(split_path)
+    if not isinstance(raw_split, dict):
+        raise TrainingError(f"{split_path}: expected an object of image name -> relative path")
+    images = {n: (root / p).resolve() for n, p in raw_split.items()}
+    skip = _Skipper(on_error)
+    if check_images:
+        for n, p in list(images.items()):
+            if not p.is_file():
+                skip(TrainingError(f"{split_path}: image {n!r} -> {p} does not exist"))
+                images.pop(n, None)
+    cap_path = root / "captions" / f"cap.{name}.{split}.json"
+    raw = read_json(cap_path)
+    if not isinstance(raw, list):
+        raise TrainingError(f"{cap_path}: expected a list of query records")
+    queries = []
+    # CIRR's test1 hides its targets; the synthetic set's test1 keeps them.
+    has_target = split != "test1" or (bool(raw) and isinstance(raw[0], dict) and "target_hard" in raw[0])
+    for i, r in enumerate(raw):
+        try:
+            reference = _field(r, "reference", cap_path, i, str)
+            target = _field(r, "target_hard", cap_path, i, str) if has_target else None
+            img_set = _field(r, "img_set", cap_path, i, dict)
+            members = _field(img_set, "members", cap_path, i, list)
+            q = CIRRQuery(
+                pairid=_field(r, "pairid", cap_path, i, int),
+                reference=reference,
+                caption=_field(r, "caption", cap_path, i, str),
+                target=target,
+                target_soft=r.get("target_soft", {target: 1.0} if target else {}),
+                members=members,
+                edit_kind=r.get("edit_kind"),
+            )
+            for img in [q.reference] + ([q.target] if q.target else []) + q.members:
+                if img not in images:
+                    raise TrainingError(f"{cap_path}: record {i} names image {img!r}, which {split_path} lacks")
+        except TrainingError as e:
+            skip(e)
+            continue
+        queries.append(q)
+    return CIRRSplit(name, split, root, queries, images, skip.count, skip.reasons)
+
+
+# --- FashionIQ ---------------------------------------------------------------------------
+FIQ_SPLITS = ("train", "val", "test")
+
+
+def fiq_eval_caption(c0: str, c1: str) -> str:
+    """The validation/test caption join used by CLIP4Cir, SPRC and QuRe."""
+    return f"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"
+
+
+def fiq_train_caption(c0: str, c1: str, rng: random.Random) -> str:
+    """Training: one of 'c0 and c1', 'c1 and c0', 'c0', 'c1', each with probability 1/4."""
+    a, b = c0.strip(".?, "), c1.strip(".?, ")
+    u = rng.random()
+    if u < 0.25:
+        return f"{a.capitalize()} and {b}"
+    if u < 0.5:
+        return f"{b.capitalize()} and {a}"
+    if u < 0.75:
+        return a.capitalize()
+    return b.capitalize()
+
+
+@dataclass
+class FIQTriplet:
+    category: str
+    candidate: str
+    target: str | None  # None on the test split
+    captions: tuple[str, str]
+
+    @property
+    def eval_caption(self) -> str:
+        return fiq_eval_caption(*self.captions)
+
+
+@dataclass
+class FIQSplit:
+    split: str
+    root: Path
+    categories: tuple[str, ...]
+    triplets: list[FIQTriplet]
+    gallery: dict[str, list[str]]  # category -> image ids of that split
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+
+    def image_path(self, image_id: str) -> Path:
+        for ext in (".png", ".jpg"):
+            p = self.root / "images" / f"{image_id}{ext}"
+            if p.is_file():
+                return p
+        raise TrainingError(f"FashionIQ image {image_id!r} not found under {self.root / 'images'} (.png or .jpg)")
+
+
+def load_fashioniq(root: str | Path, split: str, categories=FIQ_CATEGORIES, check_images: bool = False,
+                   on_error: str = "raise") -> FIQSplit:
+    root = Path(root).resolve()
+    if split not in FIQ_SPLITS:
+        raise TrainingError(f"unknown FashionIQ split {split!r}; choose one of {', '.join(FIQ_SPLITS)}")
+    categories = (categories,) if isinstance(categories, str) else tuple(categories)
+    for c in categories:
+        if c not in FIQ_CATEGORIES:
+            raise TrainingError(f"unknown FashionIQ category {c!r}; choose from {', '.join(FIQ_CATEGORIES)}")
+    skip = _Skipper(on_error)
+    out = FIQSplit(split, root, categories, [], {})
+    for cat in categories:
+        split_path = root / "image_splits" / f"split.{cat}.{split}.json"
+        ids = read_json(split_path)
+        if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+            raise TrainingError(f"{split_path}: expected a list of image ids")
+        known = set(ids)
+        cap_path = root / "captions" / f"cap.{cat}.{split}.json"
+        raw = read_json(cap_path)
+        if not isinstance(raw, list):
+            raise TrainingError(f"{cap_path}: expected a list of triplets")
+        for i, r in enumerate(raw):
+            try:
+                caps = _field(r, "captions", cap_path, i, list)
+                if len(caps) != 2 or not all(isinstance(c, str) for c in caps):
+                    raise TrainingError(f"{cap_path}: record {i} field 'captions' must hold two strings")
+                t = FIQTriplet(cat, _field(r, "candidate", cap_path, i, str),
+                               _field(r, "target", cap_path, i, str) if split != "test" else r.get("target"),
+                               (caps[0], caps[1]))
+                if split != "test" and t.target not in known:
+                    raise TrainingError(f"{cap_path}: record {i} target {t.target!r} is not in {split_path}")
+                if check_images:
+                    for img in (t.candidate, t.target):
+                        if img is not None:
+                            out.image_path(img)
+            except TrainingError as e:
+                skip(e)
+                continue
+            out.triplets.append(t)
+        out.gallery[cat] = ids
+    out.skipped, out.skip_reasons = skip.count, skip.reasons
+    return out
+
+
+# --- CIRCO -------------------------------------------------------------------------------
+CIRCO_SPLITS = ("val", "test")
+
+
+@dataclass
+class CIRCOQuery:
+    id: int
+    reference: int
+    caption: str
+    shared_concept: str
+    targets: list[int]  # every correct image id; empty on test
+
+
+@dataclass
+class CIRCOSplit:
+    split: str
+    root: Path
+    queries: list[CIRCOQuery]
+    skipped: int = 0
+    skip_reasons: list[str] = field(default_factory=list)
+
+    def image_path(self, image_id: int) -> Path:
+        return self.root / "COCO2017_unlabeled" / "unlabeled2017" / f"{image_id:012d}.jpg"
+
+
+def load_circo(root: str | Path, split: str, on_error: str = "raise") -> CIRCOSplit:
+    root = Path(root).resolve()
+    if split not in CIRCO_SPLITS:
+        raise TrainingError(f"unknown CIRCO split {split!r}; choose one of {', '.join(CIRCO_SPLITS)}")
+    path = root / "annotations" / f"{split}.json"
+    raw = read_json(path)
+    if not isinstance(raw, list):
+        raise TrainingError(f"{path}: expected a list of queries")
+    skip = _Skipper(on_error)
+    queries = []
+    for i, r in enumerate(raw):
+        try:
+            queries.append(CIRCOQuery(
+                id=_field(r, "id", path, i, int),
+                reference=_field(r, "reference_img_id", path, i, int),
+                caption=_field(r, "relative_caption", path, i, str),
+                shared_concept=_field(r, "shared_concept", path, i, str),
+                targets=list(_field(r, "gt_img_ids", path, i, list)) if split == "val" else [],
+            ))
+        except TrainingError as e:
+            skip(e)
+    return CIRCOSplit(split, root, queries, skip.count, skip.reasons)
