@@ -1,0 +1,90 @@
+import pytest
+import torch
+from transformers import Blip2ForImageTextRetrieval
+
+from training.errors import TrainingError
+from training.model import DQECIR, blip2_config, build_blip2, maxsim, model_config
+from training.train import TrainConfig, build_model
+from training.vocab import build_tokenizer
+
+
+def _tiny_hf(tmp_path):
+    cfg = model_config("tiny", vocab_size=build_tokenizer().get_vocab_size())
+    torch.manual_seed(0)
+    hf = Blip2ForImageTextRetrieval(blip2_config(cfg)).eval()
+    with torch.no_grad():
+        hf.query_tokens.normal_(0, 0.02)
+    hf.save_pretrained(tmp_path)
+    build_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    return hf
+
+
+def test_pretrained_dir_loads_and_image_tokens_match_transformers(tmp_path):
+    hf = _tiny_hf(tmp_path)
+    cfg = model_config("blip2", pretrained=str(tmp_path), attribute_weights="sigmoid")
+    model = DQECIR(cfg, build_blip2(cfg)).eval()
+    assert cfg.image_size == 32 and cfg.num_query_tokens == 4 and cfg.embed_dim == 32
+    pixels = torch.randn(3, 3, 32, 32)
+    ids = torch.randint(5, 50, (3, 7))
+    with torch.no_grad():
+        ours = model.encode_image(pixels)
+        theirs = hf(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids)).image_embeds
+    assert ours.shape == (3, 4, 32)
+    assert (ours - theirs).abs().max() < 1e-5
+    assert torch.allclose(ours.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
+
+
+def test_build_model_blip2_preset_uses_the_checkpoint_tokenizer(tmp_path):
+    _tiny_hf(tmp_path)
+    model, tok = build_model(TrainConfig(model="blip2", model_overrides={"pretrained": str(tmp_path)}))
+    assert model.cfg.freeze_vision and not any(p.requires_grad for p in model.blip.vision_model.parameters())
+    ids, mask = tok(["make the red circle blue"])
+    q_base, q_color, q_shape, w = model.compose(torch.randn(1, 3, 32, 32), torch.from_numpy(ids),
+                                                torch.from_numpy(mask))
+    assert q_base.shape == (1, 32) and w.shape == (1, 2)
+
+
+def test_missing_pretrained_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingError, match="no config.json"):
+        build_blip2(model_config("blip2", pretrained=str(tmp_path / "nope")))
+    with pytest.raises(TrainingError, match="unknown model preset"):
+        model_config("huge")
+    with pytest.raises(TrainingError, match="attribute_weights"):
+        model_config("tiny", attribute_weights="maybe")
+
+
+@pytest.mark.parametrize("mode", ["off", "global", "sigmoid", "softmax"])
+def test_compose_outputs_and_weight_variants(mode):
+    torch.manual_seed(0)
+    model = DQECIR(model_config("tiny", vocab_size=300, attribute_weights=mode)).eval()
+    ids = torch.randint(5, 200, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        q_base, q_color, q_shape, w = model.compose(torch.randn(2, 3, 32, 32), ids, mask)
+        q = model.fuse(q_base, q_color, q_shape, w)
+    assert torch.allclose(q_base.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(2), atol=1e-5)
+    if mode == "off":
+        assert torch.equal(w, torch.zeros(2, 2)) and torch.allclose(q, q_base, atol=1e-6)
+    if mode == "softmax":
+        assert torch.allclose(w.sum(-1), torch.ones(2))
+    if mode == "global":
+        assert torch.equal(w[0], w[1])
+    assert not torch.allclose(model.color_head.weight, model.shape_head.weight), "heads must start different"
+
+
+def test_fresh_init_is_not_degenerate():
+    torch.manual_seed(0)
+    model = DQECIR(model_config("tiny", vocab_size=300)).eval()
+    with torch.no_grad():
+        tokens = model.encode_image(torch.randn(2, 3, 32, 32))
+    # query tokens re-initialised: the tokens of one image differ from each other
+    assert (tokens[0, 0] - tokens[0, 1]).abs().max() > 1e-3
+    assert model.blip.vision_model.embeddings.patch_embedding.weight.std() > 1e-3
+
+
+def test_maxsim_is_max_over_tokens():
+    q = torch.tensor([[1.0, 0.0]])
+    tokens = torch.tensor([[[0.0, 1.0], [0.6, 0.8]], [[-1.0, 0.0], [0.0, -1.0]]])
+    assert torch.allclose(maxsim(q, tokens), torch.tensor([[0.6, 0.0]]))

@@ -1,0 +1,65 @@
+import json
+import shutil
+
+import pytest
+
+from training.errors import TrainingError
+from training.train import TrainConfig, load_checkpoint, load_train_config, train
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == "step"]
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_on_the_small_synthetic_set(synth_small, tmp_path):
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path / "run"), model="tiny", epochs=5, batch_size=32,
+                      lr=1e-3, warmup_steps=10, img_set_negatives=1, eval_every=0, seed=0, progress=False)
+    result = train(cfg)
+    losses = _losses(tmp_path / "run")
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3, "the loss must fall"
+    gallery = json.loads((synth_small / "image_splits" / "split.synth.val.json").read_text())
+    random_r10, random_r50 = 100 * 10 / (len(gallery) - 1), 100 * 50 / (len(gallery) - 1)
+    assert result["R@10"] > 2 * random_r10, result
+    assert result["R@50"] > 2.5 * random_r50, result
+    model, tok, payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert payload["step"] == result["steps"] == 90
+
+
+def test_resume_continues_the_same_loss_curve(synth_small, tmp_path):
+    common = dict(root=str(synth_small), model="tiny", epochs=2, batch_size=64, lr=1e-3, warmup_steps=2,
+                  loss="pairwise", negatives="trns", trns={"bounds": "quantile", "low": 0.05, "high": 0.3},
+                  lambda_margin=0.5, lambda_attr=0.2, eval_every=0, seed=1, progress=False)
+    a = TrainConfig(out=str(tmp_path / "a"), **common)
+    train(a)
+    b = TrainConfig(out=str(tmp_path / "b"), **common)
+    train(b, stop_after=12)  # interrupted after the TRNS rebuild of epoch 1 (9 steps an epoch)
+    assert len(_losses(tmp_path / "b")) == 12
+    train(b)  # resumes from b/last.pt
+    la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(la) == len(lb) == 18
+    assert lb == pytest.approx(la, abs=1e-5)
+
+
+def test_resume_with_another_config_is_refused(synth_small, tmp_path):
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path / "r"), model="tiny", max_steps=1, eval_every=0,
+                      batch_size=8, progress=False)
+    train(cfg)
+    other = TrainConfig(**{**cfg.__dict__, "lr": 1.0})
+    with pytest.raises(TrainingError, match="another config"):
+        train(other)
+    shutil.rmtree(tmp_path / "r")
+
+
+def test_bad_config_and_checkpoint_are_clear_errors(tmp_path):
+    (tmp_path / "c.json").write_text('{"epochs": 2, "lossy": 1}')
+    with pytest.raises(TrainingError, match=r"unknown training config keys \['lossy'\]"):
+        load_train_config(tmp_path / "c.json")
+    with pytest.raises(TrainingError, match="loss must be"):
+        load_train_config(None, loss="hinge")
+    with pytest.raises(TrainingError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")

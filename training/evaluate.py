@@ -1,0 +1,121 @@
+"""Evaluation with each benchmark's protocol, on torch (the reference the served path must match)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from encoder.text import TextTokenizer
+from training.data import CIRData
+from training.metrics import cirr_metrics, fashioniq_metrics
+from training.model import DQECIR
+
+
+@torch.no_grad()
+def encode_gallery(model: DQECIR, data: CIRData, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    cfg = model.cfg
+    out = []
+    for s in range(0, len(data.names), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(data.names)))
+        out.append(model.encode_image(torch.from_numpy(data.batch_pixels(idx, cfg.mean, cfg.std))))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size: int = 256,
+                    weights_override: dict | None = None):
+    """Fused query vectors [Q, D] and the composer's parts (numpy) for every query."""
+    model.eval()
+    cfg = model.cfg
+    parts = {"q_base": [], "q_color": [], "q_shape": [], "weights": []}
+    for s in range(0, len(data.ref), batch_size):
+        sl = slice(s, min(s + batch_size, len(data.ref)))
+        ids, mask = tok(data.texts[sl])
+        px = torch.from_numpy(data.batch_pixels(data.ref[sl], cfg.mean, cfg.std))
+        for k, v in zip(parts, model.compose(px, torch.from_numpy(ids), torch.from_numpy(mask)), strict=True):
+            parts[k].append(v)
+    parts = {k: torch.cat(v) for k, v in parts.items()}
+    w = parts["weights"].clone()
+    if weights_override:
+        for i, name in enumerate(("color", "shape")):
+            if name in weights_override:
+                w[:, i] = float(weights_override[name])
+    q = model.fuse(parts["q_base"], parts["q_color"], parts["q_shape"], w)
+    return q, {k: v.numpy() for k, v in parts.items()}
+
+
+def score_matrix(q: torch.Tensor, tokens: torch.Tensor, chunk: int = 2048) -> np.ndarray:
+    from training.trns import score_pool
+
+    return score_pool(q, tokens, chunk)
+
+
+def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
+    """CIRR protocol for CIRR and the synthetic set (plus same-scene duplicates counted as hits),
+    FashionIQ's per-category protocol otherwise."""
+    if data.kind == "fashioniq":
+        per_cat = {}
+        for ci, cat in enumerate(data.group_names):
+            qs = np.flatnonzero(data.query_group == ci)
+            if not len(qs):
+                continue
+            gal = np.flatnonzero(data.group == ci)
+            pos = {g: j for j, g in enumerate(gal)}
+            per_cat[cat] = (scores[np.ix_(qs, gal)], [pos[t] for t in data.tgt[qs]])
+        return fashioniq_metrics(per_cat)
+    names = data.names
+    positives = None
+    if data.scene_keys is not None:
+        by_key: dict[str, list[str]] = {}
+        for n, k in zip(names, data.scene_keys, strict=True):
+            by_key.setdefault(k, []).append(n)
+        positives = [by_key[data.scene_keys[t]] for t in data.tgt]
+    return cirr_metrics(scores, names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
+                        [[names[m] for m in mem] for mem in data.members], positives)
+
+
+def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
+    """Synthetic set: why the top-1 (reference excluded) is wrong, by comparing its scene with the
+    target's: wrong color, wrong shape, or other (position, size, wrong object...)."""
+    if data.scene_keys is None:
+        return {}
+    s = scores.copy()
+    s[np.arange(len(s)), data.ref] = -np.inf
+    top = s.argmax(axis=1)
+    counts = {"correct": 0, "wrong_color": 0, "wrong_shape": 0, "wrong_other": 0}
+    for i, t in enumerate(top):
+        got, want = data.scene_keys[t], data.scene_keys[data.tgt[i]]
+        if got == want:
+            counts["correct"] += 1
+            continue
+        g, w = _objects(got), _objects(want)
+        if [(p, z, sh) for p, z, _, sh in g] == [(p, z, sh) for p, z, _, sh in w]:
+            counts["wrong_color"] += 1
+        elif [(p, z, c) for p, z, c, _ in g] == [(p, z, c) for p, z, c, _ in w]:
+            counts["wrong_shape"] += 1
+        else:
+            counts["wrong_other"] += 1
+    n = max(len(top), 1)
+    return {k: 100.0 * v / n for k, v in counts.items()}
+
+
+def _objects(key: str) -> list[tuple[str, str, str, str]]:
+    out = []
+    for part in key.split("|"):
+        pos, rest = part.split(":")
+        size, color, shape = rest.split("-")
+        out.append((pos, size, color, shape))
+    return out
+
+
+def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override: dict | None = None) -> dict:
+    tokens = encode_gallery(model, data)
+    q, _ = compose_queries(model, tok, data, weights_override=weights_override)
+    scores = score_matrix(q, tokens)
+    out = protocol_metrics(data, scores)
+    errors = error_breakdown(data, scores)
+    if errors:
+        out["errors"] = errors
+    return out
+

@@ -1,0 +1,201 @@
+"""DQE-CIR on BLIP-2 modules from transformers (see METHOD.md).
+
+encode_image(pixels)                      -> T [B, Q, D], per-token L2-normalised (catalog side)
+compose(ref_pixels, input_ids, mask)      -> q_base [B, D] (normalised), q_color, q_shape [B, D], weights [B, 2]
+fuse(q_base, q_color, q_shape, weights)   -> q [B, D] = normalize(q_base + a_color q_color + a_shape q_shape)
+maxsim(q, T)                              -> s [B, N] = max_k <q, T_k>
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig, Blip2VisionConfig
+
+from encoder.preprocess import CLIP_MEAN, CLIP_STD
+from training.errors import TrainingError
+
+ATTRIBUTES = ("color", "shape")
+WEIGHT_MODES = ("off", "global", "sigmoid", "softmax")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "demo"
+    image_size: int = 64
+    patch_size: int = 8
+    vision_width: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    qformer_width: int = 128
+    qformer_layers: int = 3
+    qformer_heads: int = 4
+    cross_attention_frequency: int = 1
+    num_query_tokens: int = 8
+    embed_dim: int = 128
+    vocab_size: int = 0  # taken from the tokenizer
+    max_text_len: int = 40
+    dropout: float = 0.0
+    attribute_weights: str = "sigmoid"  # off | global | sigmoid | softmax
+    attribute_head_noise: float = 0.02
+    freeze_vision: bool = False
+    pretrained: str | None = None  # local save_pretrained dir of a Blip2ForImageTextRetrieval
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.attribute_weights not in WEIGHT_MODES:
+            raise TrainingError(f"attribute_weights must be one of {WEIGHT_MODES}, not {self.attribute_weights!r}")
+        if self.image_size % self.patch_size:
+            raise TrainingError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+
+PRESETS = {
+    # For tests: seconds on a CPU.
+    "tiny": dict(image_size=32, patch_size=8, vision_width=64, vision_layers=1, vision_heads=4, qformer_width=64,
+                 qformer_layers=1, qformer_heads=4, num_query_tokens=4, embed_dim=32, max_text_len=24),
+    # The shipped model (2.1M parameters): about 1.8 s per step of 64 queries on 2 CPU cores.
+    "demo": dict(),
+    # The real one: dims come from the checkpoint in `pretrained`; the ViT is frozen as in the paper.
+    "blip2": dict(image_size=224, patch_size=14, freeze_vision=True, num_query_tokens=32, embed_dim=256,
+                  max_text_len=77),
+}
+
+
+def model_config(preset: str, **overrides) -> ModelConfig:
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = set(ModelConfig.__dataclass_fields__)
+    bad = set(overrides) - known
+    if bad:
+        raise TrainingError(f"unknown model config keys {sorted(bad)}; known: {sorted(known)}")
+    return ModelConfig(preset=preset, **{**PRESETS[preset], **overrides})
+
+
+def blip2_config(cfg: ModelConfig) -> Blip2Config:
+    """A from-scratch BLIP-2 config with the fresh-init traps fixed (ARCHITECTURE.md)."""
+    vision = Blip2VisionConfig(
+        hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width, num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        initializer_range=0.02, attention_dropout=cfg.dropout,
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.qformer_width, num_hidden_layers=cfg.qformer_layers,
+        num_attention_heads=cfg.qformer_heads, intermediate_size=4 * cfg.qformer_width,
+        cross_attention_frequency=cfg.cross_attention_frequency, encoder_hidden_size=cfg.vision_width,
+        max_position_embeddings=max(64, cfg.max_text_len), hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout, use_qformer_text_input=True, pad_token_id=0,
+    )
+    return Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                       num_query_tokens=cfg.num_query_tokens, image_text_hidden_size=cfg.embed_dim,
+                       initializer_range=0.02)
+
+
+def build_blip2(cfg: ModelConfig) -> Blip2ForImageTextRetrieval:
+    if cfg.pretrained:
+        path = Path(cfg.pretrained)
+        if not (path / "config.json").is_file():
+            raise TrainingError(f"{path}: no config.json; expected a save_pretrained dir of Blip2ForImageTextRetrieval")
+        blip = Blip2ForImageTextRetrieval.from_pretrained(str(path), dtype=torch.float32)
+        qc, vc = blip.config.qformer_config, blip.config.vision_config
+        cfg.vision_width, cfg.qformer_width = vc.hidden_size, qc.hidden_size
+        cfg.image_size, cfg.patch_size = vc.image_size, vc.patch_size
+        cfg.num_query_tokens, cfg.embed_dim = blip.config.num_query_tokens, blip.config.image_text_hidden_size
+        cfg.vocab_size = qc.vocab_size
+        return blip
+    blip = Blip2ForImageTextRetrieval(blip2_config(cfg))
+    with torch.no_grad():  # zeros would make every query token identical (and max-over-tokens moot)
+        blip.query_tokens.normal_(0.0, 0.02)
+    return blip
+
+
+class DQECIR(nn.Module):
+    def __init__(self, cfg: ModelConfig, blip: Blip2ForImageTextRetrieval | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.blip = blip if blip is not None else build_blip2(cfg)
+        h, d = self.blip.config.qformer_config.hidden_size, self.blip.config.image_text_hidden_size
+        # Attribute heads start from text_projection plus different noise: identical heads would
+        # receive identical gradients and stay identical.
+        self.color_head, self.shape_head = nn.Linear(h, d), nn.Linear(h, d)
+        with torch.no_grad():
+            for head in (self.color_head, self.shape_head):
+                head.weight.copy_(self.blip.text_projection.weight)
+                head.weight.add_(torch.randn_like(head.weight) * cfg.attribute_head_noise)
+                head.bias.copy_(self.blip.text_projection.bias)
+        self.weight_gate = nn.Linear(h, 2)  # text-conditioned (sigmoid / softmax)
+        nn.init.normal_(self.weight_gate.weight, std=0.02)
+        nn.init.zeros_(self.weight_gate.bias)
+        self.global_weights = nn.Parameter(torch.zeros(2))  # the "global" variant, pre-sigmoid
+        self.log_tau = nn.Parameter(torch.tensor(math.log(0.07)))
+        if cfg.freeze_vision:
+            for p in self.blip.vision_model.parameters():
+                p.requires_grad_(False)
+
+    # -- catalog side --------------------------------------------------------------------
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.blip.vision_model(pixel_values=pixels).last_hidden_state
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        b = self.blip
+        feats = self.vision_features(pixels)
+        queries = b.query_tokens.expand(feats.shape[0], -1, -1)
+        out = b.qformer(query_embeds=queries, encoder_hidden_states=feats, encoder_attention_mask=None)
+        return F.normalize(b.vision_projection(out.last_hidden_state), dim=-1)
+
+    # -- query side ----------------------------------------------------------------------
+    def compose(self, ref_pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        b = self.blip
+        feats = self.vision_features(ref_pixels)
+        n = feats.shape[0]
+        nq = b.query_tokens.shape[1]
+        queries = b.query_tokens.expand(n, -1, -1)
+        embeds = b.embeddings(input_ids=input_ids, query_embeds=queries)
+        mask = torch.cat([torch.ones(n, nq, dtype=attention_mask.dtype, device=attention_mask.device),
+                          attention_mask], dim=1)
+        # encoder_attention_mask=None: all ones anyway, and passing it breaks the ONNX export.
+        hidden = b.qformer(query_embeds=embeds, query_length=nq, attention_mask=mask, encoder_hidden_states=feats,
+                           encoder_attention_mask=None).last_hidden_state
+        z, h_text = hidden[:, :nq], hidden[:, nq]  # query-token states; the text's [CLS] state
+        q_base = F.normalize(b.text_projection(z).mean(dim=1), dim=-1)
+        q_color = self.color_head(z).mean(dim=1)
+        q_shape = self.shape_head(z).mean(dim=1)
+        return q_base, q_color, q_shape, self.attribute_weights(h_text)
+
+    def attribute_weights(self, h_text: torch.Tensor) -> torch.Tensor:
+        mode = self.cfg.attribute_weights
+        n = h_text.shape[0]
+        if mode == "off":
+            return h_text.new_zeros(n, 2)
+        if mode == "global":
+            return torch.sigmoid(self.global_weights).expand(n, 2)
+        logits = self.weight_gate(h_text)
+        return torch.sigmoid(logits) if mode == "sigmoid" else torch.softmax(logits, dim=-1)
+
+    @staticmethod
+    def fuse(q_base, q_color, q_shape, weights) -> torch.Tensor:
+        return F.normalize(q_base + weights[:, :1] * q_color + weights[:, 1:] * q_shape, dim=-1)
+
+    def query(self, ref_pixels, input_ids, attention_mask) -> tuple[torch.Tensor, tuple]:
+        parts = self.compose(ref_pixels, input_ids, attention_mask)
+        return self.fuse(*parts), parts
+
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(0.01, 0.5)
+
+
+def maxsim(q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """s[b, n] = max_k <q_b, T_{n,k}>: Qdrant's MAX_SIM for a single query vector."""
+    return torch.einsum("bd,nkd->bnk", q, tokens).amax(dim=-1)
+
+
+def config_dict(cfg: ModelConfig) -> dict:
+    return asdict(cfg)
