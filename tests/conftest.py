@@ -21,3 +21,25 @@ def synth_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_small")
     generate(out, size="small", seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(synth_small, tmp_path_factory) -> Path:
+    """A tiny model trained for a few dozen steps: embeddings that mean something, in seconds."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(TrainConfig(root=str(synth_small), out=str(out), model="tiny", max_steps=30, epochs=2, batch_size=32,
+                      lr=1e-3, warmup_steps=5, img_set_negatives=1, eval_every=0, progress=False))
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_trained, tmp_path_factory) -> Path:
+    from training.export import export_bundle
+    from training.train import load_checkpoint
+
+    model, tok, _ = load_checkpoint(tiny_trained)
+    out = tmp_path_factory.mktemp("bundle")
+    export_bundle(model, tok, out, log=lambda *_: None)
+    return out

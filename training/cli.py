@@ -169,11 +169,12 @@ def _command_modules():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from encoder.errors import EncoderError
     from training.errors import TrainingError
 
     try:
         return args.func(args)
-    except TrainingError as e:
+    except (TrainingError, EncoderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

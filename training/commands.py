@@ -76,6 +76,16 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from training.export import export_bundle
+    from training.train import load_checkpoint
+
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    export_bundle(model, tok, args.out, opset=args.opset, fp16=args.fp16,
+                  source={"checkpoint": str(args.checkpoint), "preset": model.cfg.preset})
+    return 0
+
+
 def _parse_weights(items) -> dict | None:
     if not items:
         return None
@@ -129,4 +139,10 @@ def register(sub) -> None:
     p.add_argument("--submission", help="write the CIRR test-server files into this folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="checkpoint -> ONNX model bundle, with a parity check against torch")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights for GPUs (parity tolerance 2e-2)")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export)
 
