@@ -112,14 +112,47 @@ def ensure_synth(out: Path, size: str, seed: int) -> Path:
     return out
 
 
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo" / "dqe-cir-demo.pt"
+
+
 def cmd_demo(args) -> int:
-    """The main job, as far as the pipeline goes today."""
+    """The main job, as far as the pipeline goes today: data -> oracle -> the shipped model's metrics
+    -> a short fine-tune -> ONNX export with its parity check."""
     from training.oracle import oracle_metrics
 
     work = Path(args.workdir)
     size = "small" if args.quick else args.size
     data = ensure_synth(work / f"synth-{size}-{args.seed}", size, args.seed)
     _print_json_or_table(oracle_metrics(data, "val"), False, "[oracle] ground-truth oracle on val (must be 100)")
+
+    from training.commands import print_metrics
+    from training.data import load_cir_data
+    from training.evaluate import evaluate
+    from training.export import export_bundle
+    from training.train import load_checkpoint, load_train_config, train
+
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        print(f"error: the shipped demo model {model_path} is missing; train one with "
+              "`python scripts/train_demo_model.py`", file=sys.stderr)
+        return 2
+    model, tok, _ = load_checkpoint(model_path)
+    val = load_cir_data("synth", data, "val", model.cfg.image_size, progress=True)
+    print_metrics(evaluate(model, tok, val), f"[eval] shipped demo model {model_path} on synthetic val")
+
+    minutes = 1.0 if args.quick and args.train_minutes is None else (args.train_minutes or 3.0)
+    run = work / "finetune"
+    print(f"[train] fine-tuning the shipped model for {minutes:g} min -> {run}")
+    cfg = load_train_config(None, root=str(data), out=str(run), init=str(model_path), loss="contrastive",
+                            img_set_negatives=1, epochs=1, lr=1e-4, warmup_steps=10, max_minutes=minutes,
+                            eval_every=0, seed=args.seed)
+    result = train(cfg, resume=False)
+    print_metrics({k: v for k, v in result.items()}, "[train] after fine-tuning, on synthetic val")
+
+    bundle = work / "bundle"
+    tuned, tok, _ = load_checkpoint(run / "last.pt")
+    export_bundle(tuned, tok, bundle, source={"checkpoint": str(run / "last.pt"), "preset": tuned.cfg.preset})
+    print(f"[done] bundle at {bundle}; next stages (index, search) come with the indexer and plugin")
     return 0
 
 
@@ -153,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=["small", "demo", "large"], default="demo")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quick", action="store_true", help="small data, short runs: a few minutes")
+    s.add_argument("--model", default=str(SHIPPED_MODEL), help="starting checkpoint (the shipped demo model)")
+    s.add_argument("--train-minutes", type=float, default=None, help="fine-tuning time (default 3, --quick 1)")
     s.set_defaults(func=cmd_demo)
 
     for register in _command_modules():

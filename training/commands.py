@@ -67,13 +67,20 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.checkpoint} on {args.data}:{args.split} ({len(data.ref)} queries, {len(data.names)} images)")
-        for k, v in metrics.items():
-            if isinstance(v, dict):
-                print("  errors of the top-1: " + ", ".join(f"{a} {b:.1f}%" for a, b in v.items()))
-            else:
-                print(f"  {k:<12} {v:6.2f}")
+        print_metrics(metrics, f"{args.checkpoint} on {args.data}:{args.split} "
+                               f"({len(data.ref)} queries, {len(data.names)} images)")
     return 0
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    print(title)
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            print("  errors of the top-1: " + ", ".join(f"{a} {b:.1f}%" for a, b in v.items()))
+        elif isinstance(v, float):
+            print(f"  {k:<12} {v:6.2f}")
+        else:
+            print(f"  {k:<12} {v}")
 
 
 def cmd_export(args) -> int:
