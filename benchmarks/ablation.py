@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.data import load_cir_data  # noqa: E402
-from training.evaluate import encode_gallery, evaluate, protocol_metrics, error_breakdown  # noqa: E402
+from training.evaluate import encode_gallery, error_breakdown, evaluate, protocol_metrics  # noqa: E402
 from training.model import maxsim  # noqa: E402
 from training.train import TrainConfig, Trainer, build_model, load_checkpoint  # noqa: E402
 from training.trns import NegativeSampler  # noqa: E402
@@ -169,7 +169,8 @@ def write(path: Path, rows, refs, args, n_train: int) -> None:
                 f"{rs[0]['mining_s']:.0f} |")
         lines.append("")
     lines += ["## Non-learned references (starting checkpoint's embeddings where one is needed)", "",
-              "| reference | R@1 | R@5 | R@10 | Rs@1 | wrong color % | wrong shape % |", "|---|---|---|---|---|---|---|"]
+              "| reference | R@1 | R@5 | R@10 | Rs@1 | wrong color % | wrong shape % |",
+              "|---|---|---|---|---|---|---|"]
     for r in refs:
         lines.append(f"| {r['variant']} | " + " | ".join(f"{r[k]:.1f}" for k in KEYS)
                      + f" | {r['errors']['wrong_color']:.1f} | {r['errors']['wrong_shape']:.1f} |")

@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from encoder.text import TextTokenizer  # noqa: E402
 from training.export import export_bundle  # noqa: E402
 from training.model import DQECIR, model_config  # noqa: E402
 from training.train import load_checkpoint  # noqa: E402
 from training.vocab import build_tokenizer  # noqa: E402
-from encoder.text import TextTokenizer  # noqa: E402
 
 PROD = dict(image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12, qformer_width=768,
             qformer_layers=12, qformer_heads=12, cross_attention_frequency=2, num_query_tokens=32, embed_dim=256,
@@ -71,13 +71,13 @@ def bench_config(name: str, model: DQECIR, tok: TextTokenizer, batches, reps, th
             ids, mask = tok([TEXTS[i % len(TEXTS)] for i in range(b)])
             tpx, tids, tmask = torch.from_numpy(px), torch.from_numpy(ids), torch.from_numpy(mask)
             with torch.inference_mode():
-                t_enc = timeit(lambda: model.encode_image(tpx), reps[b])
-                t_comp = timeit(lambda: model.compose(tpx, tids, tmask), reps[b])
+                t_enc = timeit(lambda x=tpx: model.encode_image(x), reps[b])
+                t_comp = timeit(lambda x=tpx, i=tids, m=tmask: model.compose(x, i, m), reps[b])
             row = {"config": name, "batch": b, "torch_encode": b / t_enc, "torch_compose": b / t_comp}
             for lvl, (enc, comp) in sessions.items():
-                row[f"ort_{lvl}_encode"] = b / timeit(lambda: enc.run(None, {"pixel_values": px}), reps[b])
-                row[f"ort_{lvl}_compose"] = b / timeit(
-                    lambda: comp.run(None, {"pixel_values": px, "input_ids": ids, "attention_mask": mask}), reps[b])
+                feeds = {"pixel_values": px, "input_ids": ids, "attention_mask": mask}
+                row[f"ort_{lvl}_encode"] = b / timeit(lambda e=enc, x=px: e.run(None, {"pixel_values": x}), reps[b])
+                row[f"ort_{lvl}_compose"] = b / timeit(lambda c=comp, f=feeds: c.run(None, f), reps[b])
             log(f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()
                                                     if k not in ("config", "batch")))
             rows.append(row)

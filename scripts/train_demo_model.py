@@ -34,6 +34,12 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.system()}"
 
 
+def architecture(c) -> str:
+    return (f"ViT {c.vision_layers}x{c.vision_width} (patch {c.patch_size}, {c.image_size} px), Q-Former "
+            f"{c.qformer_layers}x{c.qformer_width}, {c.num_query_tokens} query tokens, D={c.embed_dim}, "
+            f"attribute weights: {c.attribute_weights}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--wall-minutes", type=float, help="training wall time, when it ran outside this script")
@@ -61,7 +67,7 @@ benchmark. It is what `make demo` starts from; it knows nothing about real photo
 | | |
 |---|---|
 | file | `dqe-cir-demo.pt` ({ckpt.stat().st_size / 1e6:.1f} MB, fp16 weights, {n_params / 1e6:.2f}M parameters) |
-| architecture | ViT {model.cfg.vision_layers}x{model.cfg.vision_width} (patch {model.cfg.patch_size}, {model.cfg.image_size} px), Q-Former {model.cfg.qformer_layers}x{model.cfg.qformer_width}, {model.cfg.num_query_tokens} query tokens, D={model.cfg.embed_dim}, attribute weights: {model.cfg.attribute_weights} |
+| architecture | {architecture(model.cfg)} |
 | data | `dqe-cir data synth --size demo --seed 0` (train split, 5,000 pairs) |
 | recipe | `training/recipes/demo.json` |
 | command | `python scripts/train_demo_model.py` |

@@ -18,8 +18,12 @@ def encode_gallery(model: DQECIR, data: CIRData, batch_size: int = 256) -> torch
     out = []
     for s in range(0, len(data.names), batch_size):
         idx = np.arange(s, min(s + batch_size, len(data.names)))
-        out.append(model.encode_image(torch.from_numpy(data.batch_pixels(idx, cfg.mean, cfg.std))))
+        out.append(model.encode_image(_to(model, data.batch_pixels(idx, cfg.mean, cfg.std))).float().cpu())
     return torch.cat(out)
+
+
+def _to(model: DQECIR, array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).to(next(model.parameters()).device)
 
 
 @torch.no_grad()
@@ -32,9 +36,9 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
     for s in range(0, len(data.ref), batch_size):
         sl = slice(s, min(s + batch_size, len(data.ref)))
         ids, mask = tok(data.texts[sl])
-        px = torch.from_numpy(data.batch_pixels(data.ref[sl], cfg.mean, cfg.std))
-        for k, v in zip(parts, model.compose(px, torch.from_numpy(ids), torch.from_numpy(mask)), strict=True):
-            parts[k].append(v)
+        px = _to(model, data.batch_pixels(data.ref[sl], cfg.mean, cfg.std))
+        for k, v in zip(parts, model.compose(px, _to(model, ids), _to(model, mask)), strict=True):
+            parts[k].append(v.float().cpu())
     parts = {k: torch.cat(v) for k, v in parts.items()}
     w = parts["weights"].clone()
     if weights_override:

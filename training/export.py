@@ -4,6 +4,7 @@ both ONNX files against torch on a sample batch."""
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,13 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
 def _export(module, args, path: Path, inputs, outputs, dynamic_axes, opset, external) -> None:
     # The TorchScript-based exporter handles transformers' Q-Former with dynamic batch and text length;
     # the cross-attention mask is None inside compose() (ARCHITECTURE.md: it breaks both exporters).
-    torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                      dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    with warnings.catch_warnings():
+        # The tracer warns about Python-level branches in transformers' code; the parity check that
+        # follows every export is what tells whether the graph is right.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*advanced indexing.*")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True)
     if external:
         import onnx
 

@@ -67,6 +67,7 @@ class TrainConfig:
     eval_max_queries: int | None = None
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
     progress: bool = True
 
     def validate(self) -> None:
@@ -76,6 +77,7 @@ class TrainConfig:
             (self.negatives in ("random", "trns"), f"negatives must be 'random' or 'trns', not {self.negatives!r}"),
             (self.epochs >= 1 and self.batch_size >= 2, "epochs must be >= 1 and batch_size >= 2"),
             (self.grad_accum >= 1 and self.lr > 0, "grad_accum must be >= 1 and lr > 0"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -145,6 +147,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig, train: CIRData, val: CIRData | None, model: DQECIR, tok: TextTokenizer):
         self.cfg, self.train, self.val, self.model, self.tok = cfg, train, val, model, tok
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if cfg.device == "auto" else cfg.device))
+        model.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -185,24 +190,27 @@ class Trainer:
     # -- batches ------------------------------------------------------------------------------
     def pixels(self, idx: np.ndarray) -> torch.Tensor:
         cfg = self.model.cfg
-        return torch.from_numpy(self.train.batch_pixels(idx, cfg.mean, cfg.std))
+        return self.t(self.train.batch_pixels(idx, cfg.mean, cfg.std))
+
+    def t(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
 
     def encode_unique(self, idx: np.ndarray) -> torch.Tensor:
         """Tokens for image indices, each distinct image encoded once."""
         uniq, inv = np.unique(idx, return_inverse=True)
-        return self.model.encode_image(self.pixels(uniq))[torch.from_numpy(inv)]
+        return self.model.encode_image(self.pixels(uniq))[self.t(inv)]
 
     def loss_cir(self, qi: np.ndarray) -> tuple[torch.Tensor, dict]:
         cfg, d, m = self.cfg, self.train, self.model
         ids, mask = self.tok([d.train_text(int(i), self.text_rng) for i in qi])
-        q_base, q_color, q_shape, w = m.compose(self.pixels(d.ref[qi]), torch.from_numpy(ids), torch.from_numpy(mask))
+        q_base, q_color, q_shape, w = m.compose(self.pixels(d.ref[qi]), self.t(ids), self.t(mask))
         q = m.fuse(q_base, q_color, q_shape, w)
         tgt = d.tgt[qi]
         logs = {}
         if cfg.loss == "contrastive":
             cols = np.concatenate([tgt, self.img_set_distractors(qi)])
             tokens = self.encode_unique(cols)
-            same = torch.from_numpy(self._same_scene(tgt, cols))
+            same = self.t(self._same_scene(tgt, cols))
             loss = in_batch_contrastive(maxsim(q, tokens), m.tau, same)
             if cfg.lambda_attr:
                 for qa in (q_color, q_shape):
@@ -252,12 +260,12 @@ class Trainer:
         tokens = m.encode_image(self.pixels(ii))
         ids, mask = self.tok([d.scene_captions[i] for i in ii])
         b = m.blip
-        h = b.qformer(query_embeds=b.embeddings(input_ids=torch.from_numpy(ids)), query_length=0,
-                      attention_mask=torch.from_numpy(mask)).last_hidden_state[:, 0]
+        h = b.qformer(query_embeds=b.embeddings(input_ids=self.t(ids)), query_length=0,
+                      attention_mask=self.t(mask)).last_hidden_state[:, 0]
         t = torch.nn.functional.normalize(b.text_projection(h), dim=-1)
         s = maxsim(t, tokens)
         keys = np.array([d.scene_keys[i] for i in ii])
-        same = torch.from_numpy(keys[:, None] == keys[None, :])
+        same = self.t(keys[:, None] == keys[None, :])
         return (in_batch_contrastive(s, m.tau, same) + in_batch_contrastive(s.t(), m.tau, same)) / 2, {}
 
     def negatives(self, qi: np.ndarray) -> np.ndarray:
@@ -338,7 +346,9 @@ class Trainer:
                 for a in range(cfg.grad_accum):
                     lo = (s * cfg.grad_accum + a) * per
                     idx = order[lo: lo + per]
-                    loss, logs = self.loss_caption(idx) if cfg.task == "caption" else self.loss_cir(idx)
+                    # bf16 autocast on GPU; fp32 on CPU, where autocast buys nothing for these sizes
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                        loss, logs = self.loss_caption(idx) if cfg.task == "caption" else self.loss_cir(idx)
                     (loss / cfg.grad_accum).backward()
                     total += float(loss.detach()) / cfg.grad_accum
                 torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)

@@ -1,0 +1,70 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.data import load_cir_data
+from training.evaluate import evaluate
+from training.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_eval_json_and_cirr_submission(tiny_trained, synth_small, tmp_path):
+    r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    for key in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "Avg"):
+        assert 0 <= m[key] <= 100
+    model, tok, _ = load_checkpoint(tiny_trained)
+    direct = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False))
+    assert direct["R@10"] == m["R@10"] and direct["Rs@1"] == m["Rs@1"]
+    r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--split", "test1", "--submission",
+                str(tmp_path / "sub"), "--json")
+    assert r.returncode == 0, r.stderr
+    recall = json.loads((tmp_path / "sub" / "cirr_recall_submission.json").read_text())
+    assert recall["version"] == "rc2" and len(recall) == 150 + 2
+
+
+def test_eval_table_and_errors(tiny_trained, synth_small, tmp_path):
+    r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--weights", "color=2")
+    assert r.returncode == 0 and "Rs@1" in r.stdout and "errors of the top-1" in r.stdout
+    r = run_cli("eval", str(tmp_path / "nope.pt"), "--root", str(synth_small))
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr
+    r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--weights", "texture=1")
+    assert r.returncode == 2 and "--weights takes color=X or shape=X" in r.stderr
+
+
+def _fashioniq_root(tmp_path: Path) -> Path:
+    """A FashionIQ-layout set with generated images: per category, targets differ from candidates in color."""
+    root = tmp_path / "fiq"
+    for sub in ("captions", "image_splits", "images"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for cat in ("dress", "shirt", "toptee"):
+        ids = [f"{cat}{i:03d}" for i in range(12)]
+        for i, n in enumerate(ids):
+            color = (rng.integers(0, 255), rng.integers(0, 255), i * 20)
+            Image.new("RGB", (40, 50), tuple(int(c) for c in color)).save(root / "images" / f"{n}.png")
+        trip = [{"candidate": ids[i], "target": ids[i + 1], "captions": ["is more blue.", "has a darker tone"]}
+                for i in range(0, 10, 2)]
+        (root / "captions" / f"cap.{cat}.val.json").write_text(json.dumps(trip))
+        (root / "image_splits" / f"split.{cat}.val.json").write_text(json.dumps(ids))
+    return root
+
+
+def test_eval_fashioniq_protocol(tiny_trained, tmp_path):
+    root = _fashioniq_root(tmp_path)
+    r = run_cli("eval", str(tiny_trained), "--data", "fashioniq", "--root", str(root), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    for cat in ("dress", "shirt", "toptee"):
+        assert m[f"{cat}/R@10"] >= 0 and m[f"{cat}/R@50"] == 100.0  # 12 images per gallery
+    assert m["mean/R@50"] == 100.0 and "Avg" in m
