@@ -1,0 +1,2 @@
+class IndexerError(Exception):
+    """A catalog or indexing-job problem. The message says what was wrong and what to do."""

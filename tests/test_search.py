@@ -1,0 +1,172 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from qdrant_client import QdrantClient, models
+
+from encoder import ComposeOutput, Encoder
+from encoder.bundle import BundleSpec
+from encoder.fusion import maxsim
+from indexer import IndexerError
+from indexer.jobs import index_catalog, rollback
+from plugin import CIRSearch, ItemRef, SearchError, store
+
+
+@pytest.fixture()
+def catalog(synth_small):
+    return synth_small / "val"
+
+
+@pytest.fixture()
+def indexed(tiny_bundle, catalog):
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    report = index_catalog(client, enc, catalog, alias="catalog", progress=False)
+    return client, enc, report
+
+
+def test_full_index_and_alias(indexed, catalog):
+    client, enc, report = indexed
+    n = len(list(catalog.glob("*.png")))
+    assert report.indexed == n and not report.failed and report.previous is None
+    name = store.alias_target(client, "catalog")
+    assert name == report.collection and store.count(client, "catalog") == n
+    assert store.collection_info(client, "catalog")["fingerprint"] == enc.fingerprint
+
+
+def test_exact_mode_equals_brute_force_maxsim(indexed, catalog):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc)
+    paths = sorted(catalog.glob("*.png"))
+    tokens = enc.encode_images(paths)
+    ids = [p.name for p in paths]
+    for ref, text in [(paths[0], "make the red circle blue"), (paths[5], "add a small green star top left")]:
+        hits = search.query(ref, text, k=20, exact=True, exclude_reference=False)
+        q = enc.compose([ref], [text]).fused()
+        s = maxsim(q, tokens)[0]
+        order = np.argsort(-s, kind="stable")[:20]
+        assert [h.id for h in hits] == [ids[i] for i in order]
+        assert np.allclose([h.score for h in hits], s[order], atol=1e-5)
+
+
+def test_reference_item_is_excluded_and_filters_apply(indexed, catalog):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc, catalog_root=catalog)
+    first = sorted(p.name for p in catalog.glob("*.png"))[0]
+    hits = search.query(ItemRef(first), "same but green", k=5, exact=True)
+    assert first not in [h.id for h in hits] and len(hits) == 5
+    hits = search.query(ItemRef(first), "same but green", k=3, exact=True,
+                        filter={"item_id": [first, "val-000001.png"]})
+    assert [h.id for h in hits] == ["val-000001.png"]
+    assert set(hits[0].breakdown) == {"base", "color", "shape"} and set(hits[0].weights) == {"color", "shape"}
+
+
+def test_bad_queries(indexed, catalog):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc)
+    img = next(catalog.glob("*.png"))
+    with pytest.raises(SearchError, match="k must be a positive integer"):
+        search.query(img, "make it red", k=0)
+    with pytest.raises(SearchError, match="empty"):
+        search.query(img, "  ")
+    with pytest.raises(SearchError, match="not a readable image"):
+        search.query(b"garbage", "make it red")
+    with pytest.raises(SearchError, match="filter value"):
+        search.query(img, "make it red", filter={"price": 1.5})
+    with pytest.raises(SearchError, match="does not exist"):
+        CIRSearch(client, "nope", encoder=enc)
+
+
+class FakeEncoder:
+    """Composer outputs chosen by hand: q_color points at item 'red', q_shape at item 'star'."""
+
+    def __init__(self, spec):
+        self.spec, self.fingerprint = spec, spec.fingerprint
+
+    def compose(self, images, texts):
+        e = np.eye(4, dtype=np.float32)
+        return ComposeOutput(q_base=e[[0]], q_color=e[[1]], q_shape=e[[2]], weights=np.array([[0.5, 0.5]], "f4"))
+
+
+def test_weight_overrides_move_color_and_shape_matches():
+    spec = BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
+                      max_text_len=8, opset=18, fingerprint="f" * 32)
+    client = QdrantClient(":memory:")
+    store.create_collection(client, "c", spec)
+    e = np.eye(4, dtype=np.float32)
+    base = e[0] * 0.8
+    items = {"red": base + 0.6 * e[1], "star": base + 0.6 * e[2], "plain": np.array([0.6, 0, 0, 0.8], "f4")}
+    store.upsert(client, "c", [store.Item(k, np.stack([v / np.linalg.norm(v), e[3]]), {}) for k, v in items.items()])
+    search = CIRSearch(client, "c", encoder=FakeEncoder(spec))
+    top = lambda w: search.query(np.zeros((4, 4, 3), "u1"), "x", k=3, weights=w, exact=True)[0].id  # noqa: E731
+    assert top({"color": 3.0, "shape": 0.0}) == "red"
+    assert top({"color": 0.0, "shape": 3.0}) == "star"
+    with pytest.raises(SearchError, match="unknown attribute"):
+        top({"texture": 1.0})
+
+
+def test_fingerprint_mismatch_is_refused(indexed, tiny_bundle):
+    client, enc, _ = indexed
+    other = FakeEncoder(BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
+                                   max_text_len=8, opset=18, fingerprint="0" * 32))
+    with pytest.raises(SearchError, match="indexed with bundle"):
+        CIRSearch(client, "catalog", encoder=other)
+
+
+def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog):
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    good = sorted(catalog.glob("*.png"))[:5]
+    for p in good:
+        (cat / p.name).write_bytes(p.read_bytes())
+    (cat / "empty.png").write_bytes(b"")
+    (cat / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (cat / "truncated.png").write_bytes(good[0].read_bytes()[:100])
+    big = io.BytesIO()
+    Image.new("RGB", (9000, 8000)).save(big, format="PNG")
+    (cat / "huge.png").write_bytes(big.getvalue())
+    client = QdrantClient(":memory:")
+    report = index_catalog(client, Encoder(tiny_bundle), cat, alias="c", progress=False)
+    assert report.indexed == 5
+    assert {f["item_id"] for f in report.failed} == {"empty.png", "corrupt.png", "truncated.png", "huge.png"}
+    assert all(f["reason"] for f in report.failed)
+
+
+def test_incremental_touches_exactly_the_changed_items(tiny_bundle, tmp_path, catalog):
+    src = sorted(catalog.glob("*.png"))[:8]
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    for p in src[:6]:
+        (cat / p.name).write_bytes(p.read_bytes())
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    first = index_catalog(client, enc, cat, alias="c", progress=False)
+    (cat / src[0].name).write_bytes(src[7].read_bytes())  # edited
+    (cat / src[1].name).unlink()  # deleted
+    (cat / src[6].name).write_bytes(src[6].read_bytes())  # added
+    report = index_catalog(client, enc, cat, alias="c", incremental=True, progress=False)
+    assert (report.indexed, report.deleted, report.unchanged) == (2, 1, 4)
+    assert report.collection == first.collection and store.count(client, "c") == 6
+
+
+def test_reindex_switches_alias_and_rolls_back(tiny_bundle, catalog):
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    a = index_catalog(client, enc, catalog, alias="c", progress=False)
+    b = index_catalog(client, enc, catalog, alias="c", progress=False)
+    assert b.previous == a.collection and store.alias_target(client, "c") == b.collection
+    assert rollback(client, "c") == (b.collection, a.collection)
+    with pytest.raises(IndexerError, match="no older version"):
+        rollback(client, "c")
+    with pytest.raises(IndexerError, match="run a full index first"):
+        index_catalog(client, enc, catalog, alias="other", incremental=True, progress=False)
+
+
+def test_qdrant_filter_objects_pass_through(indexed, catalog):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc)
+    flt = models.Filter(must=[models.FieldCondition(key="item_id", match=models.MatchValue(value="val-000003.png"))])
+    hits = search.query(next(catalog.glob("*.png")), "make it red", k=5, filter=flt, exact=True,
+                        exclude_reference=False)
+    assert [h.id for h in hits] == ["val-000003.png"]
