@@ -107,40 +107,59 @@ def _full(client, encoder, root, items, alias, chunk_size, payload_indexes, allo
     return report
 
 
-def _incremental(client, encoder, root, items, alias, chunk_size, allow_http, progress):
+@dataclass
+class IncrementalPlan:
+    collection: str
+    todo: list[CatalogItem]  # new or changed
+    contents: dict[str, bytes]  # their bytes, already read
+    unchanged: int
+    gone: set[str]  # ids in the collection but not in the catalog
+    failed: list[dict]  # unreadable now
+
+
+def plan_incremental(client: QdrantClient, fingerprint: str, root: Path, items: Sequence[CatalogItem], alias: str,
+                     allow_http: bool = False) -> IncrementalPlan:
+    """Compare the catalog with the alias's collection: content hash (bytes + payload) per item, and the
+    bundle fingerprint for the whole collection."""
     name = store.alias_target(client, alias)
     if name is None:
         raise IndexerError(f"alias {alias!r} does not exist yet; run a full index first (without --incremental)")
     try:
-        store.check_fingerprint(client, name, encoder.fingerprint)
+        store.check_fingerprint(client, name, fingerprint)
     except store.StoreError as e:
         raise IndexerError(f"{e}. An incremental run needs the same bundle; run a full re-index") from e
-    existing = {p["item_id"]: p.get("content_hash") for p in store.scroll_payloads(client, name,
-                                                                                   ["item_id", "content_hash"])}
-    report = JobReport(alias, name, "incremental", total=len(items))
-    todo, contents = [], {}
+    existing = {p["item_id"]: p.get("content_hash")
+                for p in store.scroll_payloads(client, name, ["item_id", "content_hash"])}
+    plan = IncrementalPlan(name, [], {}, 0, set(existing) - {it.item_id for it in items}, [])
     for it in items:
         try:
             data = fetch_bytes(it, root, allow_http)
         except IndexerError as e:
-            report.failed.append({"item_id": it.item_id, "uri": it.uri, "reason": str(e)})
+            plan.failed.append({"item_id": it.item_id, "uri": it.uri, "reason": str(e)})
             continue
         if existing.get(it.item_id) == item_fingerprint(it, data):
-            report.unchanged += 1
+            plan.unchanged += 1
         else:
-            todo.append(it)
-            contents[it.item_id] = data
-    bar = tqdm(total=len(todo), desc=f"index {name} (changed)", unit="img", disable=not progress)
-    for s in range(0, len(todo), chunk_size):
-        good, failed = embed_items(encoder, todo[s: s + chunk_size], root, allow_http, contents)
-        store.upsert(client, name, good)
+            plan.todo.append(it)
+            plan.contents[it.item_id] = data
+    return plan
+
+
+def _incremental(client, encoder, root, items, alias, chunk_size, allow_http, progress):
+    plan = plan_incremental(client, encoder.fingerprint, root, items, alias, allow_http)
+    report = JobReport(alias, plan.collection, "incremental", total=len(items), unchanged=plan.unchanged,
+                       failed=list(plan.failed))
+    bar = tqdm(total=len(plan.todo), desc=f"index {plan.collection} (changed)", unit="img", disable=not progress)
+    for s in range(0, len(plan.todo), chunk_size):
+        chunk = plan.todo[s: s + chunk_size]
+        good, failed = embed_items(encoder, chunk, root, allow_http, plan.contents)
+        store.upsert(client, plan.collection, good)
         report.indexed += len(good)
         report.failed += failed
-        bar.update(len(todo[s: s + chunk_size]))
+        bar.update(len(chunk))
     bar.close()
-    gone = set(existing) - {it.item_id for it in items}
-    store.delete(client, name, gone)
-    report.deleted = len(gone)
+    store.delete(client, plan.collection, plan.gone)
+    report.deleted = len(plan.gone)
     return report
 
 
