@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _train_overrides(args) -> dict:
@@ -36,6 +37,8 @@ def cmd_train(args, task: str = "cir") -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.served:
+        return cmd_eval_served(args)
     from training.data import load_cir_data
     from training.evaluate import compose_queries, encode_gallery, protocol_metrics, score_matrix
     from training.metrics import write_cirr_submission
@@ -69,6 +72,40 @@ def cmd_eval(args) -> int:
     else:
         print_metrics(metrics, f"{args.checkpoint} on {args.data}:{args.split} "
                                f"({len(data.ref)} queries, {len(data.names)} images)")
+    return 0
+
+
+def cmd_eval_served(args) -> int:
+    """Torch metrics and the same metrics through bundle + Qdrant + CIRSearch, side by side."""
+    import tempfile
+
+    from training.data import load_cir_data
+    from training.evaluate import evaluate
+    from training.export import export_bundle
+    from training.served import served_eval
+    from training.train import load_checkpoint
+
+    if args.data != "synth" and args.data != "cirr":
+        from training.errors import TrainingError
+
+        raise TrainingError("--served scores the CIRR protocol: use --data synth or cirr")
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    torch_metrics = evaluate(model, tok, load_cir_data(args.data, args.root, args.split, model.cfg.image_size,
+                                                       not args.json, args.max_queries))
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = args.bundle or export_bundle(model, tok, Path(tmp) / "bundle", log=lambda *_: None) and \
+            Path(tmp) / "bundle"
+        served, _, _, _ = served_eval(bundle, args.root, args.split, Path(tmp) / "qdrant", progress=not args.json,
+                                      max_queries=args.max_queries)
+    out = {"torch": {k: v for k, v in torch_metrics.items() if k in served}, "served": served,
+           "max_abs_diff": max(abs(served[k] - torch_metrics[k]) for k in served)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{'metric':<8} {'torch':>8} {'served':>8}")
+        for k in served:
+            print(f"{k:<8} {torch_metrics[k]:8.2f} {served[k]:8.2f}")
+        print(f"max abs difference: {out['max_abs_diff']:.2f} points")
     return 0
 
 
@@ -144,6 +181,9 @@ def register(sub) -> None:
     p.add_argument("--max-queries", type=int)
     p.add_argument("--weights", action="append", metavar="ATTR=W", help="override attribute weights, e.g. color=2")
     p.add_argument("--submission", help="write the CIRR test-server files into this folder")
+    p.add_argument("--served", action="store_true",
+                   help="also score through the real path: bundle + local-mode Qdrant + CIRSearch")
+    p.add_argument("--bundle", help="with --served: use this bundle instead of exporting the checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="checkpoint -> ONNX model bundle, with a parity check against torch")
