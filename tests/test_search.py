@@ -170,3 +170,38 @@ def test_qdrant_filter_objects_pass_through(indexed, catalog):
     hits = search.query(next(catalog.glob("*.png")), "make it red", k=5, filter=flt, exact=True,
                         exclude_reference=False)
     assert [h.id for h in hits] == ["val-000003.png"]
+
+
+def test_reader_sees_old_or_new_collection_never_partial(tiny_bundle, catalog):
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    n = len(list(catalog.glob("*.png")))
+    index_catalog(client, enc, catalog, alias="c", progress=False)
+    seen = []
+
+    def reader(done, total):  # called between chunks, while the new version is half full
+        seen.append(store.count(client, "c"))
+        hits = CIRSearch(client, "c", encoder=enc).query(next(catalog.glob("*.png")), "make it red", k=3,
+                                                         exact=True)
+        assert len(hits) == 3
+
+    index_catalog(client, enc, catalog, alias="c", progress=False, chunk_size=100, on_progress=reader)
+    assert len(seen) >= 7 and set(seen) == {n}
+    assert store.count(client, "c") == n
+
+
+@pytest.mark.slow
+def test_served_eval_equals_torch_eval(tiny_trained, tiny_bundle, synth_small, tmp_path):
+    from training.data import load_cir_data
+    from training.evaluate import evaluate
+    from training.served import served_eval
+    from training.train import load_checkpoint
+
+    model, tok, _ = load_checkpoint(tiny_trained)
+    torch_m = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False, 60))
+    served, tops, _, report = served_eval(tiny_bundle, synth_small, "val", tmp_path / "q", progress=False,
+                                          max_queries=60)
+    assert report.indexed == len(load_cir_data("synth", synth_small, "val", 32, False).names)
+    for k, v in served.items():
+        assert abs(v - torch_m[k]) <= 0.1, (k, v, torch_m[k])
+    assert len(tops) == 60 and all(len(t) == 5 for t in tops)
