@@ -103,9 +103,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--val-queries", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "ablation.md"))
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, _, _ = load_checkpoint(args.start)
     size = model.cfg.image_size
     train = load_cir_data("synth", args.root, "train", size, progress=False)
@@ -145,8 +146,9 @@ def write(path: Path, rows, refs, args, n_train: int) -> None:
     steps_per_epoch = n_train // args.batch_size
     lines = ["# Ablation on the synthetic demo set", "",
              f"Command: `python benchmarks/ablation.py --start {args.start} --steps {args.steps} --seeds "
-             f"{' '.join(map(str, args.seeds))}`  ",
-             f"Machine: {cpu}, 2 torch threads, torch {torch.__version__}. Batch {args.batch_size}, lr {args.lr}, "
+             f"{' '.join(map(str, args.seeds))} --threads {args.threads}`  ",
+             f"Machine: {cpu}, {args.threads} torch threads, torch {torch.__version__}. "
+             f"Batch {args.batch_size}, lr {args.lr}, "
              f"val = synthetic demo val ({'all' if not args.val_queries else args.val_queries} queries, CIRR "
              "protocol). Mean ± standard deviation over the seeds.", "",
              "Equal wall time: every variant gets the baseline's training time for the same number of steps; "

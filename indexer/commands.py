@@ -34,7 +34,7 @@ def cmd_index(args) -> int:
 
         report = index_with_workers(args.catalog, args.collection, settings, incremental=args.incremental,
                                     chunk_size=args.chunk_size, payload_indexes=indexes, progress=not args.quiet,
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, storage=args.storage)
     else:
         from encoder import Encoder
         from indexer.jobs import index_catalog
@@ -43,7 +43,8 @@ def cmd_index(args) -> int:
         try:
             report = index_catalog(client, Encoder(settings.bundle), args.catalog, args.collection,
                                    incremental=args.incremental, chunk_size=args.chunk_size,
-                                   payload_indexes=indexes, allow_http=settings.allow_http, progress=not args.quiet)
+                                   payload_indexes=indexes, allow_http=settings.allow_http, progress=not args.quiet,
+                                   storage=args.storage)
         finally:
             client.close()
     summary = report.to_dict()
@@ -76,6 +77,8 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=32)
     p.add_argument("--payload-index", action="append", metavar="FIELD=TYPE",
                    help="payload index for filtering (keyword, integer, float, bool, text, datetime)")
+    p.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="vector storage: fp32, float16 (half the RAM), int8 scalar quantisation")
     p.add_argument("--timeout", type=float, default=None, help="give up waiting for workers after this many s")
     p.add_argument("--failures", help="write the failure report (JSON) here")
     p.add_argument("--json", action="store_true")

@@ -29,7 +29,7 @@ def _closing(settings: Settings, client) -> None:
 
 def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incremental: bool = False,
                        chunk_size: int = 32, payload_indexes: dict | None = None, progress: bool = True,
-                       timeout: float | None = None, poll: float = 0.5) -> JobReport:
+                       timeout: float | None = None, poll: float = 0.5, storage: str = "fp32") -> JobReport:
     from indexer.tasks import done_key, failed_key, index_chunk, ledger
 
     t0 = time.time()
@@ -44,7 +44,7 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
                                failed=list(plan.failed))
         else:
             name, todo = new_version_name(client, alias), items
-            store.create_collection(client, name, spec, payload_indexes)
+            store.create_collection(client, name, spec, payload_indexes, storage)
             report = JobReport(alias, name, "full", total=len(items))
     finally:
         _closing(settings, client)

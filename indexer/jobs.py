@@ -72,21 +72,22 @@ def new_version_name(client: QdrantClient, alias: str) -> str:
 def index_catalog(client: QdrantClient, encoder: Encoder, catalog: str | Path, alias: str = "catalog",
                   incremental: bool = False, chunk_size: int = 64, payload_indexes: dict | None = None,
                   allow_http: bool = False, progress: bool = True,
-                  on_progress: Callable[[int, int], None] | None = None) -> JobReport:
+                  on_progress: Callable[[int, int], None] | None = None, storage: str = "fp32") -> JobReport:
     t0 = time.time()
     root, items = read_catalog(catalog)
     if incremental:
         report = _incremental(client, encoder, root, items, alias, chunk_size, allow_http, progress)
     else:
         report = _full(client, encoder, root, items, alias, chunk_size, payload_indexes, allow_http, progress,
-                       on_progress)
+                       on_progress, storage)
     report.seconds = time.time() - t0
     return report
 
 
-def _full(client, encoder, root, items, alias, chunk_size, payload_indexes, allow_http, progress, on_progress):
+def _full(client, encoder, root, items, alias, chunk_size, payload_indexes, allow_http, progress, on_progress,
+          storage):
     name = new_version_name(client, alias)
-    store.create_collection(client, name, encoder.spec, payload_indexes)
+    store.create_collection(client, name, encoder.spec, payload_indexes, storage)
     report = JobReport(alias, name, "full", total=len(items))
     bar = tqdm(total=len(items), desc=f"index {name}", unit="img", disable=not progress)
     for s in range(0, len(items), chunk_size):

@@ -13,6 +13,7 @@ same functions. Schema (ARCHITECTURE.md):
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -50,28 +51,48 @@ class Item:
     payload: dict
 
 
+STORAGE = ("fp32", "fp16", "int8")
+
+
+def bytes_per_item(num_query_tokens: int, embed_dim: int, storage: str = "fp32") -> int:
+    """Vector bytes one catalog image takes in RAM: Q token vectors + the pooled vector. int8 is
+    Qdrant's scalar quantisation: 1 byte a dimension in RAM (the fp32 originals stay on disk)."""
+    per_value = {"fp32": 4, "fp16": 2, "int8": 1}[storage]
+    return (num_query_tokens + 1) * embed_dim * per_value
+
+
 def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
-                      payload_indexes: dict[str, str] | None = None) -> None:
-    """A new collection for this bundle; `payload_indexes` maps payload field -> type for filtering."""
+                      payload_indexes: dict[str, str] | None = None, storage: str = "fp32") -> None:
+    """A new collection for this bundle; `payload_indexes` maps payload field -> type for filtering;
+    `storage`: fp32, fp16 (half the RAM) or int8 (scalar quantisation, originals on disk)."""
+    if storage not in STORAGE:
+        raise StoreError(f"storage must be one of {STORAGE}, not {storage!r}")
     if client.collection_exists(name):
         raise StoreError(f"collection {name!r} already exists")
     d = spec.embed_dim
+    dtype = models.Datatype.FLOAT16 if storage == "fp16" else None
+    quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+        type=models.ScalarType.INT8, always_ram=True)) if storage == "int8" else None
     client.create_collection(
         name,
         vectors_config={
-            TOKENS: models.VectorParams(size=d, distance=models.Distance.DOT,
+            TOKENS: models.VectorParams(size=d, distance=models.Distance.DOT, datatype=dtype,
                                         multivector_config=models.MultiVectorConfig(
                                             comparator=models.MultiVectorComparator.MAX_SIM),
-                                        hnsw_config=models.HnswConfigDiff(m=0)),
-            POOLED: models.VectorParams(size=d, distance=models.Distance.COSINE),
+                                        hnsw_config=models.HnswConfigDiff(m=0), on_disk=storage == "int8"),
+            POOLED: models.VectorParams(size=d, distance=models.Distance.COSINE, datatype=dtype),
         },
+        quantization_config=quant,
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
                              "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version}},
     )
     for field, kind in {"item_id": "keyword", **(payload_indexes or {})}.items():
         if kind not in PAYLOAD_TYPES:
             raise StoreError(f"unknown payload index type {kind!r} for {field!r}; use one of {sorted(PAYLOAD_TYPES)}")
-        client.create_payload_index(name, field, field_schema=PAYLOAD_TYPES[kind], wait=True)
+        with warnings.catch_warnings():
+            # local mode ignores payload indexes and says so; a server uses them
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
+            client.create_payload_index(name, field, field_schema=PAYLOAD_TYPES[kind], wait=True)
 
 
 def collection_info(client: QdrantClient, name: str) -> dict:

@@ -205,3 +205,26 @@ def test_served_eval_equals_torch_eval(tiny_trained, tiny_bundle, synth_small, t
     for k, v in served.items():
         assert abs(v - torch_m[k]) <= 0.1, (k, v, torch_m[k])
     assert len(tops) == 60 and all(len(t) == 5 for t in tops)
+
+
+@pytest.mark.parametrize("storage", ["fp16", "int8"])
+def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
+    from plugin.store import bytes_per_item
+
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    report = index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)
+    hits = CIRSearch(client, "c", encoder=enc).query(next(catalog.glob("*.png")), "make it red", k=5, exact=True)
+    assert report.indexed > 0 and len(hits) == 5
+    assert bytes_per_item(32, 256, "fp32") == 33792 and bytes_per_item(8, 128, storage) < 4608
+
+
+def test_readme_sizing_table_matches_the_schema():
+    from pathlib import Path
+
+    from plugin.store import bytes_per_item
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for q, d in ((8, 128), (32, 256)):
+        for storage in ("fp32", "fp16", "int8"):
+            assert f"{bytes_per_item(q, d, storage):,} B" in readme

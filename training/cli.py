@@ -214,10 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_modules():
     """Each later stage (train, export, index, search) adds its subcommands here."""
     from indexer import commands as index_commands
+    from indexer import doctor
     from plugin import commands as search_commands
     from training import commands
 
-    return [commands.register, index_commands.register, search_commands.register]
+    return [commands.register, index_commands.register, search_commands.register, doctor.register]
 
 
 def main(argv: list[str] | None = None) -> int:

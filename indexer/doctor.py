@@ -1,0 +1,125 @@
+"""`dqe-cir doctor`: check a deployment and say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from indexer.settings import Settings, load_settings
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def check_bundle(settings: Settings) -> tuple[Check, object | None]:
+    from encoder.bundle import read_bundle
+    from encoder.errors import EncoderError
+
+    try:
+        spec = read_bundle(settings.bundle)
+    except EncoderError as e:
+        return Check("bundle", False, str(e), "export one with `dqe-cir export CKPT --out DIR` and set "
+                                              "DQE_CIR_BUNDLE to that folder"), None
+    return Check("bundle", True, f"{settings.bundle}: format {spec.format_version}, fingerprint {spec.fingerprint}, "
+                                 f"{spec.precision}, D={spec.embed_dim}, {spec.num_query_tokens} tokens"), spec
+
+
+def check_providers() -> Check:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return Check("onnxruntime", False, "not installed", "pip install 'dqe-cir-search[serve]' (or [gpu])")
+    available = ort.get_available_providers()
+    from encoder.runtime import choose_providers
+
+    chosen = choose_providers()
+    gpu = [p for p in chosen if p != "CPUExecutionProvider"]
+    detail = f"{ort.__version__}; will use {chosen} (available: {available})"
+    if not gpu:
+        detail += "; CPU only"
+    return Check("onnxruntime", True, detail)
+
+
+def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
+    from plugin import store
+
+    where = settings.qdrant_url or f"local folder {settings.qdrant_path}"
+    try:
+        from indexer.settings import qdrant_client
+
+        client = qdrant_client(settings)
+        client.get_collections()
+    except Exception as e:  # connection refused, bad API key, a locked local folder...
+        return [Check("qdrant", False, f"{where}: {e}", "start Qdrant (docker compose up -d qdrant) and check "
+                                                         "QDRANT_URL / QDRANT_API_KEY, or QDRANT_PATH")]
+    checks = [Check("qdrant", True, f"{where} answers")]
+    try:
+        try:
+            meta = store.collection_info(client, collection)
+        except store.StoreError as e:
+            checks.append(Check("collection", False, str(e), f"dqe-cir index --catalog SRC --collection {collection}"))
+            return checks
+        detail = f"{collection!r}: {meta['points']} points, fingerprint {meta['fingerprint']}"
+        if spec is not None and meta["fingerprint"] != spec.fingerprint:
+            checks.append(Check("collection", False, detail + f" but the bundle is {spec.fingerprint}",
+                                "re-index with this bundle (dqe-cir index), or point DQE_CIR_BUNDLE at the bundle "
+                                "the collection was built with"))
+        else:
+            checks.append(Check("collection", True, detail))
+    finally:
+        if not settings.qdrant_url:
+            client.close()
+    return checks
+
+
+def check_broker(settings: Settings) -> Check:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3).ping()
+    except Exception as e:
+        return Check("broker", False, f"{settings.broker_url}: {e}",
+                     "start Redis (docker compose up -d redis) or set CELERY_BROKER_URL; without a broker, "
+                     "`dqe-cir index --workers none` indexes in-process")
+    return Check("broker", True, f"{settings.broker_url} answers")
+
+
+def run_checks(collection: str = "catalog", settings: Settings | None = None, broker: bool = True) -> list[Check]:
+    settings = settings or load_settings()
+    bundle_check, spec = check_bundle(settings)
+    checks = [bundle_check, check_providers(), *check_qdrant(settings, collection, spec)]
+    if broker:
+        checks.append(check_broker(settings))
+    return checks
+
+
+def cmd_doctor(args) -> int:
+    settings = load_settings()
+    if args.bundle:
+        settings = settings.__class__(**{**settings.__dict__, "bundle": args.bundle})
+    if args.qdrant_path:
+        settings = settings.__class__(**{**settings.__dict__, "qdrant_path": args.qdrant_path, "qdrant_url": None})
+    checks = run_checks(args.collection, settings, broker=not args.no_broker)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks]))
+    else:
+        for c in checks:
+            print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                print(f"       fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check the bundle, onnxruntime, Qdrant, the collection and the broker")
+    p.add_argument("--collection", default="catalog")
+    p.add_argument("--bundle", help="default: $DQE_CIR_BUNDLE")
+    p.add_argument("--qdrant-path", help="default: $QDRANT_URL, else $QDRANT_PATH")
+    p.add_argument("--no-broker", action="store_true", help="skip the broker check (in-process deployments)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
