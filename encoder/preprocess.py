@@ -23,8 +23,11 @@ TARGET_PAD_RATIO = 1.25
 MAX_PIXELS = 64_000_000  # about 8000 x 8000; larger images are refused, not decoded
 
 
-def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open an image from a PIL image, a path, bytes or a numpy array and return it as RGB."""
+def load_image(src, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Open an image from a PIL image, a path, bytes or a numpy array and return it as RGB.
+
+    draft_size: for JPEG files, let the decoder scale down (DCT scaling) to no less than this many
+    pixels a side: a 1000 px product photo bound for 64 or 224 px decodes several times faster."""
     if isinstance(src, Image.Image):
         img = src
     elif isinstance(src, np.ndarray):
@@ -32,12 +35,12 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
     elif isinstance(src, (bytes, bytearray, memoryview)):
         if len(src) == 0:
             raise EncoderError("empty image bytes")
-        img = _open(io.BytesIO(bytes(src)), "image bytes", max_pixels)
+        img = _open(io.BytesIO(bytes(src)), "image bytes", max_pixels, draft_size)
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_file():
             raise EncoderError(f"image file not found: {path}")
-        img = _open(path, str(path), max_pixels)
+        img = _open(path, str(path), max_pixels, draft_size)
     else:
         raise EncoderError(f"cannot read an image from {type(src).__name__}; pass a PIL image, path, bytes or array")
     if img.width * img.height > max_pixels:
@@ -45,11 +48,13 @@ def load_image(src, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _to_rgb(img)
 
 
-def _open(fp, what: str, max_pixels: int) -> Image.Image:
+def _open(fp, what: str, max_pixels: int, draft_size: int | None = None) -> Image.Image:
     try:
         img = Image.open(fp)
         if img.width * img.height > max_pixels:  # checked before decoding the pixels
             raise EncoderError(f"{what}: {img.width}x{img.height} exceeds the pixel limit of {max_pixels}")
+        if draft_size and img.format == "JPEG" and min(img.size) >= 2 * draft_size:
+            img.draft("RGB", (draft_size, draft_size))
         img.load()
     except EncoderError:
         raise
@@ -123,4 +128,4 @@ def normalize(pixels: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
 
 def preprocess(src, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     """Any accepted image source -> float32 [3, H, W] ready for the image encoder."""
-    return normalize(prepare_image(load_image(src), image_size), mean, std)
+    return normalize(prepare_image(load_image(src, draft_size=image_size), image_size), mean, std)

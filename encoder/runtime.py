@@ -54,7 +54,7 @@ class ComposeOutput:
 
 class Encoder:
     def __init__(self, bundle: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-                 max_batch: int = 32, verify: bool = True, max_pixels: int = MAX_PIXELS):
+                 max_batch: int = 32, verify: bool = True, max_pixels: int = MAX_PIXELS, jpeg_draft: bool = True):
         import onnxruntime as ort
 
         self.path = Path(bundle)
@@ -62,6 +62,7 @@ class Encoder:
         self.providers = choose_providers(providers)
         self.max_batch = max(1, int(max_batch))
         self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = threads or int(os.environ.get("DQE_CIR_THREADS", "0") or 0)
@@ -90,7 +91,8 @@ class Encoder:
         if len(images) == 0:
             raise EncoderError("no images given")
         s = self.spec
-        arr = np.stack([prepare_image(load_image(img, self.max_pixels), s.image_size) for img in images])
+        draft = s.image_size if self.jpeg_draft else None
+        arr = np.stack([prepare_image(load_image(img, self.max_pixels, draft), s.image_size) for img in images])
         return normalize(arr, s.mean, s.std)
 
     # -- runs -----------------------------------------------------------------------------------

@@ -192,3 +192,15 @@ def test_export_cli(tiny_trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "training.cli", "export", str(tmp_path / "none.pt"), "--out",
                         str(tmp_path / "c")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_jpeg_draft_decodes_small_and_stays_close(tmp_path):
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(np.kron(rng.integers(0, 255, (10, 8, 3)), np.ones((100, 100, 1))).astype(np.uint8))
+    path = tmp_path / "p.jpg"
+    big.save(path, quality=92)
+    drafted = load_image(path, draft_size=64)
+    assert min(drafted.size) >= 64 and drafted.size[0] < 800
+    full = prepare_image(load_image(path), 64).astype(float)
+    fast = prepare_image(drafted, 64).astype(float)
+    assert np.abs(full - fast).mean() < 6  # same picture, a slightly different resampling path

@@ -50,7 +50,7 @@ def _load_pixels(paths: list[Path], image_size: int, progress: bool) -> np.ndarr
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc="load images", unit="img", disable=not progress, leave=False)):
         try:
-            out[i] = prepare_image(load_image(p), image_size)
+            out[i] = prepare_image(load_image(p, draft_size=image_size), image_size)
         except EncoderError as e:
             raise TrainingError(f"{p}: {e}") from e
     return out

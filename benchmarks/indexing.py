@@ -1,0 +1,165 @@
+"""Indexing throughput: 2,000 product-size JPEGs (about 800x1000) into local-mode Qdrant, in-process and
+through one Celery worker (solo pool, real Redis), against the raw encoder on already-decoded
+tensors, all in one run. Also the in-process pipeline with JPEG draft decoding off, to show what it
+saves, and where the in-process time goes.
+
+    python benchmarks/indexing.py --bundle BUNDLE [--n 2000] [--out docs/benchmarks/indexing.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from encoder import Encoder  # noqa: E402
+from encoder.preprocess import load_image, prepare_image  # noqa: E402
+from indexer.catalog import fetch_bytes, read_catalog  # noqa: E402
+from indexer.jobs import index_catalog  # noqa: E402
+
+
+def make_catalog(folder: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = np.linspace(0, 1, 1000)[:, None, None] * np.ones((1, 800, 3))
+    for i in range(n):
+        tint = rng.uniform(150, 250, size=3)
+        arr = (base * rng.uniform(-60, 60, size=3) + tint).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+        d = ImageDraw.Draw(img)
+        for _ in range(3):
+            x, y = rng.integers(50, 600), rng.integers(50, 800)
+            d.ellipse([x, y, x + rng.integers(80, 200), y + rng.integers(80, 200)],
+                      fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        img.save(folder / f"p{i:05d}.jpg", quality=88)
+
+
+def raw_encoder(enc: Encoder, folder: Path) -> tuple[float, float]:
+    paths = sorted(folder.glob("*.jpg"))
+    t = time.perf_counter()
+    arr = np.stack([prepare_image(load_image(p, draft_size=enc.spec.image_size), enc.spec.image_size) for p in paths])
+    decode = time.perf_counter() - t
+    from encoder.preprocess import normalize
+
+    pixels = normalize(arr, enc.spec.mean, enc.spec.std)
+    t = time.perf_counter()
+    enc.encode_pixels(pixels)
+    return len(paths) / (time.perf_counter() - t), decode
+
+
+def stage_profile(enc: Encoder, folder: Path, n: int = 300) -> dict:
+    """Where the in-process time goes, per stage, on n items."""
+    root, items = read_catalog(folder)
+    items = items[:n]
+    t0 = time.perf_counter()
+    data = [fetch_bytes(it, root) for it in items]
+    t1 = time.perf_counter()
+    px = enc.preprocess(data)
+    t2 = time.perf_counter()
+    tokens = enc.encode_pixels(px)
+    t3 = time.perf_counter()
+    from qdrant_client import QdrantClient
+
+    from plugin import store
+
+    client = QdrantClient(":memory:")
+    store.create_collection(client, "p", enc.spec)
+    store.upsert(client, "p", [store.Item(it.item_id, tokens[i], {"uri": it.uri}) for i, it in enumerate(items)])
+    t4 = time.perf_counter()
+    total = t4 - t0
+    return {k: 100 * v / total for k, v in
+            {"read bytes": t1 - t0, "decode + preprocess": t2 - t1, "encode": t3 - t2, "upsert": t4 - t3}.items()}
+
+
+def via_worker(bundle: Path, folder: Path, tmp: Path) -> float:
+    env = {**os.environ, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14", "QDRANT_PATH": str(tmp / "qw"),
+           "DQE_CIR_BUNDLE": str(bundle), "DQE_CIR_QUEUE": "bench"}
+    import redis
+
+    redis.Redis.from_url(env["CELERY_BROKER_URL"]).flushdb()
+    log = open(tmp / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "indexer", "worker", "--pool", "solo", "-Q",
+                               "bench", "--loglevel", "WARNING"], cwd=ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(5)  # worker start-up is not indexing time
+        code = ("import sys, time; from indexer.distributed import index_with_workers; "
+                "from indexer.settings import load_settings; t=time.perf_counter(); "
+                f"r=index_with_workers({str(folder)!r}, 'bench', load_settings(), chunk_size=32, progress=False, "
+                "timeout=1800); print(r.indexed / (time.perf_counter() - t))")
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return float(out.stdout.strip().splitlines()[-1])
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "indexing.md"))
+    args = ap.parse_args()
+    os.environ["DQE_CIR_THREADS"] = str(args.threads)
+    from qdrant_client import QdrantClient
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        t = time.perf_counter()
+        make_catalog(tmp / "catalog", args.n)
+        print(f"made {args.n} JPEGs in {time.perf_counter() - t:.0f}s", flush=True)
+        enc = Encoder(args.bundle, threads=args.threads)
+        raw, decode_s = raw_encoder(enc, tmp / "catalog")
+        print(f"raw encoder {raw:.1f} img/s", flush=True)
+        rates = {}
+        for name, draft in (("in-process, full JPEG decode", False), ("in-process (default: JPEG draft decode)", True)):
+            e = Encoder(args.bundle, threads=args.threads, jpeg_draft=draft)
+            client = QdrantClient(path=str(tmp / f"q{int(draft)}"))
+            r = index_catalog(client, e, tmp / "catalog", alias="bench", progress=False)
+            client.close()
+            rates[name] = r.indexed / r.seconds
+            print(f"{name}: {rates[name]:.1f} img/s", flush=True)
+        profile = stage_profile(enc, tmp / "catalog")
+        try:
+            rates["one Celery worker (solo pool, Redis broker)"] = via_worker(Path(args.bundle), tmp / "catalog", tmp)
+        except Exception as e:  # reported in the table, not hidden
+            print(f"worker run failed: {e}")
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = ["# Indexing throughput", "",
+             f"Command: `python benchmarks/indexing.py --bundle {args.bundle} --n {args.n} --threads {args.threads}`  ",
+             f"Machine: {cpu}, {os.cpu_count()} cores, onnxruntime CPU with {args.threads} threads. {args.n} JPEGs of "
+             "800x1000 (quality 88) into local-mode Qdrant; measured in one run.", "",
+             "| path | images/s | pipeline / raw |", "|---|---|---|",
+             f"| raw encoder on decoded tensors | {raw:.1f} | 1.00 |"]
+    for name, rate in rates.items():
+        lines.append(f"| {name} | {rate:.1f} | {rate / raw:.2f} |")
+    lines += ["", "Where the in-process time goes (300 items, default settings):", "",
+              "| stage | share of time |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f}% |" for k, v in profile.items()]
+    lines.append("")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
