@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
 from training.data import load_cir_data  # noqa: E402
 from training.evaluate import encode_gallery, error_breakdown, evaluate, protocol_metrics  # noqa: E402
 from training.model import maxsim  # noqa: E402
@@ -138,11 +138,7 @@ def _mean_sd(values) -> str:
 
 
 def write(path: Path, rows, refs, args, n_train: int) -> None:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     steps_per_epoch = n_train // args.batch_size
     lines = ["# Ablation on the synthetic demo set", "",
              f"Command: `python benchmarks/ablation.py --start {args.start} --steps {args.steps} --seeds "

@@ -10,7 +10,6 @@ query tokens, random weights (timing does not depend on the values).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
 from encoder.text import TextTokenizer  # noqa: E402
 from training.export import export_bundle  # noqa: E402
 from training.model import DQECIR, model_config  # noqa: E402
@@ -112,11 +112,7 @@ def main() -> None:
 
 
 def write_report(path: Path, rows: list[dict], args) -> None:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = [
         "# Encoder throughput: onnxruntime CPU vs torch eager",
         "",

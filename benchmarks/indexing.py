@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.preprocess import load_image, prepare_image  # noqa: E402
 from indexer.catalog import fetch_bytes, read_catalog  # noqa: E402
@@ -139,11 +139,7 @@ def main() -> None:
             rates["one Celery worker (solo pool, Redis broker)"] = via_worker(Path(args.bundle), tmp / "catalog", tmp)
         except Exception as e:  # reported in the table, not hidden
             print(f"worker run failed: {e}")
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = ["# Indexing throughput", "",
              f"Command: `python benchmarks/indexing.py --bundle {args.bundle} --n {args.n} --threads {args.threads}`  ",
              f"Machine: {cpu}, {os.cpu_count()} cores, onnxruntime CPU with {args.threads} threads. {args.n} JPEGs of "

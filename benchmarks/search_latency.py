@@ -11,7 +11,6 @@ topped up with random unit token vectors to reach each size. Queries: synthetic 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_name  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.fusion import l2_normalize, maxsim  # noqa: E402
 from plugin import CIRSearch, store  # noqa: E402
@@ -104,11 +104,7 @@ def _kw(request) -> dict:
 
 
 def write(path, rows, recall_rows, args, enc) -> None:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     lines = ["# Search latency (local mode)", "",
              f"Command: `python benchmarks/search_latency.py --bundle {args.bundle} --sizes "
              f"{' '.join(map(str, args.sizes))} --queries {args.queries}`  ",

@@ -99,11 +99,9 @@ def run_checks(collection: str = "catalog", settings: Settings | None = None, br
 
 
 def cmd_doctor(args) -> int:
-    settings = load_settings()
-    if args.bundle:
-        settings = settings.__class__(**{**settings.__dict__, "bundle": args.bundle})
-    if args.qdrant_path:
-        settings = settings.__class__(**{**settings.__dict__, "qdrant_path": args.qdrant_path, "qdrant_url": None})
+    from indexer.settings import with_overrides
+
+    settings = with_overrides(load_settings(), args.bundle, args.qdrant_path)
     checks = run_checks(args.collection, settings, broker=not args.no_broker)
     if args.json:
         print(json.dumps([c.__dict__ for c in checks]))

@@ -19,7 +19,7 @@ DQE_CIR_THREADS             (onnxruntime default)     intra-op threads per worke
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ENV_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DQE_CIR_REDIS_URL", "QDRANT_URL", "QDRANT_API_KEY",
             "QDRANT_PATH", "DQE_CIR_BUNDLE", "DQE_CIR_CATALOG_ROOT", "DQE_CIR_ALLOW_HTTP", "DQE_CIR_TASK_TIME_LIMIT",
@@ -65,6 +65,16 @@ def load_settings(env: dict | None = None) -> Settings:
         queue=env.get("DQE_CIR_QUEUE") or "dqe-cir",
         catalog_root=env.get("DQE_CIR_CATALOG_ROOT") or None,
     )
+
+
+def with_overrides(settings: Settings, bundle: str | None = None, qdrant_path: str | None = None) -> Settings:
+    """Command-line flags over the environment: --bundle, and --qdrant-path (which means local mode)."""
+    changes = {}
+    if bundle:
+        changes["bundle"] = bundle
+    if qdrant_path:
+        changes.update(qdrant_path=qdrant_path, qdrant_url=None)
+    return replace(settings, **changes)
 
 
 def qdrant_client(settings: Settings):

@@ -43,3 +43,22 @@ def tiny_bundle(tiny_trained, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle")
     export_bundle(model, tok, out, log=lambda *_: None)
     return out
+
+
+def make_bad_catalog(dest: Path, good_images: list[Path]) -> set[str]:
+    """A catalog folder: copies of good images plus an empty, a corrupt, a truncated and a huge one.
+    Returns the ids that must land in the failure report."""
+    import io
+
+    from PIL import Image
+
+    dest.mkdir(parents=True)
+    for p in good_images:
+        (dest / p.name).write_bytes(p.read_bytes())
+    (dest / "empty.png").write_bytes(b"")
+    (dest / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (dest / "truncated.png").write_bytes(good_images[0].read_bytes()[:100])
+    big = io.BytesIO()
+    Image.new("RGB", (9000, 8000)).save(big, format="PNG")  # 72 MP: over the pixel limit
+    (dest / "huge.png").write_bytes(big.getvalue())
+    return {"empty.png", "corrupt.png", "truncated.png", "huge.png"}

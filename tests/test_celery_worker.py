@@ -130,31 +130,17 @@ def test_sigkill_mid_job_loses_and_duplicates_nothing(celery_env, synth_small, t
 
 
 def test_bad_images_through_a_worker_land_in_the_failure_report(celery_env, synth_small, tmp_path):
-    import io
-
-    from PIL import Image
+    from indexer.distributed import index_with_workers
+    from tests.conftest import make_bad_catalog
 
     env, settings = celery_env
-    from indexer.distributed import index_with_workers
-
-    cat = tmp_path / "cat"
-    cat.mkdir()
-    good = sorted((synth_small / "val").glob("*.png"))[:6]
-    for p in good:
-        (cat / p.name).write_bytes(p.read_bytes())
-    (cat / "empty.png").write_bytes(b"")
-    (cat / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    (cat / "truncated.png").write_bytes(good[0].read_bytes()[:100])
-    big = io.BytesIO()
-    Image.new("RGB", (9000, 8000)).save(big, format="PNG")
-    (cat / "huge.png").write_bytes(big.getvalue())
+    bad = make_bad_catalog(tmp_path / "cat", sorted((synth_small / "val").glob("*.png"))[:6])
     worker = start_worker(env, tmp_path, "w1")
     try:
-        report = index_with_workers(cat, "catalog", settings, chunk_size=4, progress=False, timeout=240)
+        report = index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=4, progress=False, timeout=240)
     finally:
         stop(worker)
     assert report.indexed == 6
-    assert {f["item_id"]: bool(f["reason"]) for f in report.failed} == {
-        "empty.png": True, "corrupt.png": True, "truncated.png": True, "huge.png": True}
+    assert {f["item_id"] for f in report.failed} == bad and all(f["reason"] for f in report.failed)
     ids, count = point_ids(settings)
     assert count == 6

@@ -1,8 +1,5 @@
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 from qdrant_client import QdrantClient, models
 
 from encoder import ComposeOutput, Encoder
@@ -11,6 +8,7 @@ from encoder.fusion import maxsim
 from indexer import IndexerError
 from indexer.jobs import index_catalog, rollback
 from plugin import CIRSearch, ItemRef, SearchError, store
+from tests.conftest import make_bad_catalog
 
 
 @pytest.fixture()
@@ -115,21 +113,11 @@ def test_fingerprint_mismatch_is_refused(indexed, tiny_bundle):
 
 
 def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog):
-    cat = tmp_path / "cat"
-    cat.mkdir()
-    good = sorted(catalog.glob("*.png"))[:5]
-    for p in good:
-        (cat / p.name).write_bytes(p.read_bytes())
-    (cat / "empty.png").write_bytes(b"")
-    (cat / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    (cat / "truncated.png").write_bytes(good[0].read_bytes()[:100])
-    big = io.BytesIO()
-    Image.new("RGB", (9000, 8000)).save(big, format="PNG")
-    (cat / "huge.png").write_bytes(big.getvalue())
+    bad = make_bad_catalog(tmp_path / "cat", sorted(catalog.glob("*.png"))[:5])
     client = QdrantClient(":memory:")
-    report = index_catalog(client, Encoder(tiny_bundle), cat, alias="c", progress=False)
+    report = index_catalog(client, Encoder(tiny_bundle), tmp_path / "cat", alias="c", progress=False)
     assert report.indexed == 5
-    assert {f["item_id"] for f in report.failed} == {"empty.png", "corrupt.png", "truncated.png", "huge.png"}
+    assert {f["item_id"] for f in report.failed} == bad
     assert all(f["reason"] for f in report.failed)
 
 

@@ -213,12 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_modules():
     """Each later stage (train, export, index, search) adds its subcommands here."""
-    from indexer import commands as index_commands
+    from indexer import commands as serving
     from indexer import doctor
-    from plugin import commands as search_commands
     from training import commands
 
-    return [commands.register, index_commands.register, search_commands.register, doctor.register]
+    return [commands.register, serving.register, serving.register_search, doctor.register]
 
 
 def main(argv: list[str] | None = None) -> int:
