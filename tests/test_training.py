@@ -63,3 +63,16 @@ def test_bad_config_and_checkpoint_are_clear_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_caption_pretraining_and_grad_accumulation_run(synth_small, tmp_path):
+    """The pretraining stage and gradient accumulation: a few steps each, finite falling-or-flat loss."""
+    pre = TrainConfig(root=str(synth_small), out=str(tmp_path / "pre"), model="tiny", task="caption", max_steps=4,
+                      batch_size=16, lr=1e-3, warmup_steps=1, progress=False)
+    train(pre)
+    losses = _losses(tmp_path / "pre")
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+    ft = TrainConfig(root=str(synth_small), out=str(tmp_path / "ft"), model="tiny", init=str(tmp_path / "pre/last.pt"),
+                     grad_accum=2, batch_size=8, max_steps=3, eval_every=0, progress=False)
+    result = train(ft)
+    assert result["steps"] == 3 and len(_losses(tmp_path / "ft")) == 3
