@@ -10,17 +10,20 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from training.cli import ensure_synth
-from training.data import load_cir_data
-from training.evaluate import evaluate
-from training.train import load_checkpoint, load_train_config, save_checkpoint, train
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.cli import ensure_synth  # noqa: E402
+from training.data import load_cir_data  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.train import load_checkpoint, load_train_config, save_checkpoint, train  # noqa: E402
+
 RECIPE = ROOT / "training" / "recipes" / "demo.json"
 OUT = ROOT / "models" / "demo"
 
