@@ -33,13 +33,16 @@ def celery_env(tmp_path, tiny_bundle, monkeypatch):
     from indexer.settings import load_settings
 
     settings = load_settings()
-    # The app reads the environment at import; point it at this test's broker and queue.
+    # The app reads the environment at import; point it at this test's broker and queue, and put
+    # everything back afterwards so that other tests see the defaults.
+    saved = {k: celery_mod.app.conf[k] for k in ("broker_url", "result_backend", "task_default_queue")}
     celery_mod.app.conf.update(broker_url=REDIS_URL, result_backend=REDIS_URL, task_default_queue=settings.queue)
-    celery_mod.settings = settings
     import indexer.tasks as tasks_mod
 
-    tasks_mod.settings = settings
-    return {**os.environ, **env}, settings
+    monkeypatch.setattr(celery_mod, "settings", settings)
+    monkeypatch.setattr(tasks_mod, "settings", settings)
+    yield {**os.environ, **env}, settings
+    celery_mod.app.conf.update(**saved)
 
 
 def start_worker(env, tmp_path, name):

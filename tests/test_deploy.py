@@ -10,7 +10,7 @@ import tomllib
 import yaml
 from qdrant_client import QdrantClient
 
-from indexer.settings import ENV_VARS
+from indexer.settings import ENV_VARS, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_SERVICES = ("worker", "worker-cpu", "flower")
@@ -50,7 +50,7 @@ def test_service_commands_name_real_apps(compose):
         app.loader.import_default_modules()  # what a worker does at start: imports indexer.tasks
         assert "indexer.index_chunk" in app.tasks or cmd[3] == "flower"
         if "-Q" in cmd:
-            assert cmd[cmd.index("-Q") + 1] == app.conf.task_default_queue
+            assert cmd[cmd.index("-Q") + 1] == load_settings({}).queue  # the default the code sends tasks to
 
 
 def test_environment_variables_are_the_ones_the_code_reads(compose):
