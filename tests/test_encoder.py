@@ -204,3 +204,24 @@ def test_jpeg_draft_decodes_small_and_stays_close(tmp_path):
     full = prepare_image(load_image(path), 64).astype(float)
     fast = prepare_image(drafted, 64).astype(float)
     assert np.abs(full - fast).mean() < 6  # same picture, a slightly different resampling path
+
+
+@pytest.mark.slow
+def test_shipped_demo_model_top10_identical(synth_small, tmp_path):
+    """The acceptance check of the export issue on the trained demo model: values within 1e-4 and
+    identical top-10 rankings on a synthetic val split."""
+    from training.export import export_bundle
+
+    model, tok, _ = load_checkpoint(ROOT / "models" / "demo" / "dqe-cir-demo.pt")
+    report = export_bundle(model, tok, tmp_path / "b", log=lambda *_: None)
+    assert max(report.values()) < 1e-4
+    data = load_cir_data("synth", synth_small, "val", model.cfg.image_size, progress=False)
+    t_tokens = encode_gallery(model, data).numpy()
+    t_q, _ = compose_queries(model, tok, data)
+    enc = Encoder(tmp_path / "b", max_batch=64)
+    o_tokens = enc.encode_pixels(data.batch_pixels(np.arange(len(data.names)), enc.spec.mean, enc.spec.std))
+    o_q = enc.compose_pixels(data.batch_pixels(data.ref, enc.spec.mean, enc.spec.std), data.texts).fused()
+    assert np.abs(o_tokens - t_tokens).max() < 1e-4 and np.abs(o_q - t_q.numpy()).max() < 1e-4
+    top_t = np.argsort(-maxsim(t_q.numpy(), t_tokens), axis=1, kind="stable")[:, :10]
+    top_o = np.argsort(-maxsim(o_q, o_tokens), axis=1, kind="stable")[:, :10]
+    assert (top_t == top_o).all()
