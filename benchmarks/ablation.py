@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_name  # noqa: E402
-from training.data import load_cir_data  # noqa: E402
+from training.cir_data import load_cir_data  # noqa: E402
 from training.evaluate import encode_gallery, error_breakdown, evaluate, protocol_metrics  # noqa: E402
 from training.model import maxsim  # noqa: E402
 from training.train import TrainConfig, Trainer, build_model, load_checkpoint  # noqa: E402
@@ -66,7 +66,7 @@ def run(name, variant, seed, args, train, val, zones_cache, budget_steps=None, b
         t = time.time()
         trainer.run()
         wall = time.time() - t
-        metrics = evaluate(model, tok, val)
+        metrics = evaluate(model, tok, val).metrics
     return {"variant": name, "seed": seed, "steps": trainer.step, "train_s": wall, "mining_s": mining, **metrics}
 
 
@@ -78,14 +78,11 @@ def references(args, val) -> list[dict]:
     out.append({"variant": "random ranking", **_metrics(val, rng.random((len(val.ref), len(val.names))))})
     ref_q = torch.nn.functional.normalize(tokens[torch.from_numpy(val.ref)].mean(1), dim=-1)
     out.append({"variant": "reference image alone", **_metrics(val, maxsim(ref_q, tokens).numpy())})
-    b = model.blip
     with torch.no_grad():
         qs = []
         for s in range(0, len(val.texts), 256):
             ids, mask = tok(val.texts[s: s + 256])
-            h = b.qformer(query_embeds=b.embeddings(input_ids=torch.from_numpy(ids)), query_length=0,
-                          attention_mask=torch.from_numpy(mask)).last_hidden_state[:, 0]
-            qs.append(torch.nn.functional.normalize(b.text_projection(h), dim=-1))
+            qs.append(model.encode_text(torch.from_numpy(ids), torch.from_numpy(mask)))
         out.append({"variant": "text alone", **_metrics(val, maxsim(torch.cat(qs), tokens).numpy())})
     return out
 

@@ -7,12 +7,13 @@ ARG EXTRA=serve
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY app ./app
 COPY encoder ./encoder
 COPY indexer ./indexer
 COPY plugin ./plugin
-COPY training ./training
 RUN pip install ".[${EXTRA},monitoring]" \
-    && python -c "import encoder, indexer, plugin" \
+    && python -c "import app.cli, encoder, indexer, plugin" \
+    && dqe-cir --help > /dev/null \
     && useradd --create-home app
 USER app
 CMD ["celery", "-A", "indexer", "worker", "--loglevel", "INFO"]

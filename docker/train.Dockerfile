@@ -5,6 +5,7 @@ FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY app ./app
 COPY encoder ./encoder
 COPY indexer ./indexer
 COPY plugin ./plugin

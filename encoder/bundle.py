@@ -22,6 +22,10 @@ from encoder.errors import EncoderError
 FORMAT = "dqe-cir-bundle"
 FORMAT_VERSION = 1
 FILES = {"image_encoder": "image_encoder.onnx", "composer": "composer.onnx", "tokenizer": "tokenizer.json"}
+# The attribute sub-queries, in the order of the composer's `weights` columns, and the composer's
+# outputs: one definition that the exporter (torch side) and the runtime (serving side) both use.
+ATTRIBUTES = ("color", "shape")
+COMPOSER_OUTPUTS = ("q_base", "q_color", "q_shape", "weights")
 
 
 @dataclass
@@ -34,7 +38,7 @@ class BundleSpec:
     max_text_len: int
     opset: int
     precision: str = "fp32"  # fp32 | fp16
-    attributes: list[str] = field(default_factory=lambda: ["color", "shape"])
+    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
     attribute_weights: str = "sigmoid"  # how the model produces its weights (off | global | sigmoid | softmax)
     source: dict = field(default_factory=dict)  # where it came from: checkpoint, preset...
     format: str = FORMAT

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from encoder.bundle import ATTRIBUTES
 from encoder.errors import EncoderError
 
-ATTRIBUTES = ("color", "shape")
+__all__ = ["ATTRIBUTES", "fuse", "l2_normalize", "maxsim", "parse_weights", "pooled", "resolve_weights"]
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
@@ -27,6 +28,23 @@ def resolve_weights(model_weights: np.ndarray, override: dict | None) -> np.ndar
             raise EncoderError(f"weight for {name!r} must be finite, got {value}")
         w[:, ATTRIBUTES.index(name)] = value
     return w
+
+
+def parse_weights(items: list[str] | None) -> dict[str, float] | None:
+    """Command-line weight overrides (`color=2`, `shape=0.5`) as a dict, checked like resolve_weights."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in ATTRIBUTES:
+            raise EncoderError(f"--weights takes ATTR=NUMBER with ATTR one of {', '.join(ATTRIBUTES)}, got {item!r}")
+        try:
+            out[name] = float(value)
+        except ValueError as e:
+            raise EncoderError(f"--weights takes ATTR=NUMBER, got {item!r}") from e
+    resolve_weights(np.zeros((1, len(ATTRIBUTES)), dtype=np.float32), out)  # finite numbers only
+    return out
 
 
 def fuse(q_base: np.ndarray, q_color: np.ndarray, q_shape: np.ndarray, weights: np.ndarray) -> np.ndarray:

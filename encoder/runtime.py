@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.bundle import FILES, BundleSpec, read_bundle
+from encoder.bundle import COMPOSER_OUTPUTS, FILES, BundleSpec, read_bundle
 from encoder.errors import EncoderError
 from encoder.fusion import fuse, resolve_weights
 from encoder.preprocess import MAX_PIXELS, load_image, normalize, prepare_image
 from encoder.text import TextTokenizer
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-COMPOSER_OUTPUTS = ("q_base", "q_color", "q_shape", "weights")
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Catalog indexing into Qdrant: in-process jobs now; the Celery app comes with the worker tasks."""
+"""Catalog indexing into Qdrant: catalog sources, in-process and Celery re-index jobs, the worker
+tasks (`celery -A indexer worker`), settings and `doctor`'s checks."""
 
 from indexer.errors import IndexerError
 

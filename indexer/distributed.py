@@ -18,13 +18,8 @@ from encoder.bundle import read_bundle
 from indexer.catalog import read_catalog
 from indexer.errors import IndexerError
 from indexer.jobs import JobReport, new_version_name, plan_incremental
-from indexer.settings import Settings, qdrant_client
+from indexer.settings import Settings, qdrant_client, release_client
 from plugin import store
-
-
-def _closing(settings: Settings, client) -> None:
-    if not settings.qdrant_url:
-        client.close()
 
 
 def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incremental: bool = False,
@@ -47,7 +42,7 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
             store.create_collection(client, name, spec, payload_indexes, storage)
             report = JobReport(alias, name, "full", total=len(items))
     finally:
-        _closing(settings, client)
+        release_client(settings, client)
 
     job_id = uuid.uuid4().hex
     r = ledger(settings.redis_url)
@@ -87,6 +82,6 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
                                    f"the alias {alias!r} was not switched")
             report.previous = store.switch_alias(client, alias, name)
     finally:
-        _closing(settings, client)
+        release_client(settings, client)
     report.seconds = time.time() - t0
     return report

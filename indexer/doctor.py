@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from indexer.settings import Settings, load_settings
+from indexer.settings import Settings, load_settings, qdrant_client, release_client
 
 
 @dataclass
@@ -50,8 +49,6 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
 
     where = settings.qdrant_url or f"local folder {settings.qdrant_path}"
     try:
-        from indexer.settings import qdrant_client
-
         client = qdrant_client(settings)
         client.get_collections()
     except Exception as e:  # connection refused, bad API key, a locked local folder...
@@ -72,8 +69,7 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
         else:
             checks.append(Check("collection", True, detail))
     finally:
-        if not settings.qdrant_url:
-            client.close()
+        release_client(settings, client)
     return checks
 
 
@@ -96,28 +92,3 @@ def run_checks(collection: str = "catalog", settings: Settings | None = None, br
     if broker:
         checks.append(check_broker(settings))
     return checks
-
-
-def cmd_doctor(args) -> int:
-    from indexer.settings import with_overrides
-
-    settings = with_overrides(load_settings(), args.bundle, args.qdrant_path)
-    checks = run_checks(args.collection, settings, broker=not args.no_broker)
-    if args.json:
-        print(json.dumps([c.__dict__ for c in checks]))
-    else:
-        for c in checks:
-            print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
-            if not c.ok and c.fix:
-                print(f"       fix: {c.fix}")
-    return 0 if all(c.ok for c in checks) else 1
-
-
-def register(sub) -> None:
-    p = sub.add_parser("doctor", help="check the bundle, onnxruntime, Qdrant, the collection and the broker")
-    p.add_argument("--collection", default="catalog")
-    p.add_argument("--bundle", help="default: $DQE_CIR_BUNDLE")
-    p.add_argument("--qdrant-path", help="default: $QDRANT_URL, else $QDRANT_PATH")
-    p.add_argument("--no-broker", action="store_true", help="skip the broker check (in-process deployments)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_doctor)

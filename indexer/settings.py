@@ -85,3 +85,10 @@ def qdrant_client(settings: Settings):
     if settings.qdrant_url:
         return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
     return QdrantClient(path=settings.qdrant_path)
+
+
+def release_client(settings: Settings, client) -> None:
+    """Give a local-mode folder back (the next process or task needs its lock); a server-mode client
+    stays open for reuse."""
+    if not settings.qdrant_url:
+        client.close()

@@ -17,6 +17,7 @@ from encoder import Encoder
 from indexer.catalog import CatalogItem
 from indexer.celery import app, settings
 from indexer.jobs import embed_items
+from indexer.settings import release_client
 from plugin import store
 
 _ENCODER: tuple[int, Encoder] | None = None
@@ -71,8 +72,7 @@ def index_chunk(self, job_id: str, collection: str, items: list[dict], root: str
             store.check_fingerprint(client, collection, enc.fingerprint)
             store.upsert(client, collection, good)
         finally:
-            if not settings.qdrant_url:
-                client.close()  # local mode: release the folder for the coordinator and other tasks
+            release_client(settings, client)
     except store.StoreError:
         raise  # a fingerprint mismatch is no hiccup: fail loudly
     except Exception as e:

@@ -19,9 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.cli import ensure_synth  # noqa: E402
-from training.data import load_cir_data  # noqa: E402
+from training.cir_data import load_cir_data  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
+from training.synth import ensure_synth  # noqa: E402
 from training.train import load_checkpoint, load_train_config, save_checkpoint, train  # noqa: E402
 
 RECIPE = ROOT / "training" / "recipes" / "demo.json"
@@ -59,12 +59,12 @@ def main() -> None:
     minutes = args.wall_minutes or (time.time() - t0) / 60
     model, tok, payload = load_checkpoint(Path(cfg.out) / "last.pt")
     val = load_cir_data("synth", cfg.root, "val", model.cfg.image_size, progress=False)
-    metrics = evaluate(model, tok, val)
+    metrics = evaluate(model, tok, val).metrics
     OUT.mkdir(parents=True, exist_ok=True)
     ckpt = OUT / "dqe-cir-demo.pt"
     save_checkpoint(ckpt, model, tok, {"train_config": payload["train_config"], "step": payload["step"]}, half=True)
     shipped, tok2, _ = load_checkpoint(ckpt)  # the fp16 copy is what users get: score it too
-    shipped_metrics = evaluate(shipped, tok2, val)
+    shipped_metrics = evaluate(shipped, tok2, val).metrics
     n_params = sum(p.numel() for p in model.parameters())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     card = f"""# DQE-CIR demo model

@@ -2,12 +2,12 @@ import json
 import subprocess
 import sys
 
+from app.cli import main
 from tests.conftest import shared_data
-from training.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True)
 
 
 def test_data_stats_json_real_cirr():

@@ -92,7 +92,7 @@ def test_dockerfile_install_lines_match_pyproject_extras(compose, extras):
 
 # --- dqe-cir doctor ----------------------------------------------------------------------
 def _doctor(args, capsys):
-    from training.cli import main
+    from app.cli import main
 
     code = main(["doctor", *args])
     return code, capsys.readouterr().out

@@ -12,7 +12,7 @@ from PIL import Image
 from encoder import Encoder, EncoderError, read_bundle
 from encoder.fusion import fuse, maxsim, resolve_weights
 from encoder.preprocess import load_image, prepare_image, preprocess, targetpad
-from training.data import load_cir_data
+from training.cir_data import load_cir_data
 from training.evaluate import compose_queries, encode_gallery
 from training.train import load_checkpoint
 
@@ -184,12 +184,12 @@ print('ok')
 
 
 def test_export_cli(tiny_trained, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "training.cli", "export", str(tiny_trained), "--out",
+    r = subprocess.run([sys.executable, "-m", "app", "export", str(tiny_trained), "--out",
                         str(tmp_path / "b")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "parity composer" not in r.stdout and "parity q_base" in r.stdout and "FAIL" not in r.stdout
     assert read_bundle(tmp_path / "b").precision == "fp32"
-    r = subprocess.run([sys.executable, "-m", "training.cli", "export", str(tmp_path / "none.pt"), "--out",
+    r = subprocess.run([sys.executable, "-m", "app", "export", str(tmp_path / "none.pt"), "--out",
                         str(tmp_path / "c")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
 

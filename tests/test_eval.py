@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data import load_cir_data
+from training.cir_data import load_cir_data
 from training.evaluate import evaluate
 from training.train import load_checkpoint
 
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_eval_json_and_cirr_submission(tiny_trained, synth_small, tmp_path):
@@ -24,7 +24,7 @@ def test_eval_json_and_cirr_submission(tiny_trained, synth_small, tmp_path):
     for key in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "Avg"):
         assert 0 <= m[key] <= 100
     model, tok, _ = load_checkpoint(tiny_trained)
-    direct = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False))
+    direct = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False)).metrics
     assert direct["R@10"] == m["R@10"] and direct["Rs@1"] == m["Rs@1"]
     r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--split", "test1", "--submission",
                 str(tmp_path / "sub"), "--json")
@@ -39,7 +39,7 @@ def test_eval_table_and_errors(tiny_trained, synth_small, tmp_path):
     r = run_cli("eval", str(tmp_path / "nope.pt"), "--root", str(synth_small))
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
     r = run_cli("eval", str(tiny_trained), "--root", str(synth_small), "--weights", "texture=1")
-    assert r.returncode == 2 and "--weights takes color=X or shape=X" in r.stderr
+    assert r.returncode == 2 and "--weights takes ATTR=NUMBER with ATTR one of color, shape" in r.stderr
 
 
 def _fashioniq_root(tmp_path: Path) -> Path:

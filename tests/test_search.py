@@ -180,13 +180,13 @@ def test_reader_sees_old_or_new_collection_never_partial(tiny_bundle, catalog):
 
 @pytest.mark.slow
 def test_served_eval_equals_torch_eval(tiny_trained, tiny_bundle, synth_small, tmp_path):
-    from training.data import load_cir_data
+    from app.served import served_eval
+    from training.cir_data import load_cir_data
     from training.evaluate import evaluate
-    from training.served import served_eval
     from training.train import load_checkpoint
 
     model, tok, _ = load_checkpoint(tiny_trained)
-    torch_m = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False, 60))
+    torch_m = evaluate(model, tok, load_cir_data("synth", synth_small, "val", model.cfg.image_size, False, 60)).metrics
     served, tops, _, report = served_eval(tiny_bundle, synth_small, "val", tmp_path / "q", progress=False,
                                           max_queries=60)
     assert report.indexed == len(load_cir_data("synth", synth_small, "val", 32, False).names)

@@ -76,3 +76,42 @@ def test_caption_pretraining_and_grad_accumulation_run(synth_small, tmp_path):
                      grad_accum=2, batch_size=8, max_steps=3, eval_every=0, progress=False)
     result = train(ft)
     assert result["steps"] == 3 and len(_losses(tmp_path / "ft")) == 3
+
+
+def test_lr_schedule_warms_up_then_decays_to_its_floor():
+    from training.train import lr_at
+
+    cfg = TrainConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.01)
+    assert lr_at(0, 1000, cfg) == pytest.approx(1e-5)
+    assert lr_at(99, 1000, cfg) == pytest.approx(1e-3)
+    assert lr_at(1000, 1000, cfg) == pytest.approx(1e-5)
+    # a schedule shorter than ten warm-ups still decays: the warm-up shrinks to a tenth of it
+    assert lr_at(9, 100, cfg) == pytest.approx(1e-3) and lr_at(100, 100, cfg) == pytest.approx(1e-5)
+
+
+def test_budget_total_steps():
+    from training.train import budget_total_steps
+
+    assert budget_total_steps(10, elapsed_s=20, budget_s=60, seconds_per_step=2) == 30
+    assert budget_total_steps(10, elapsed_s=70, budget_s=60, seconds_per_step=2) == 11  # over: one more at most
+    assert budget_total_steps(10, elapsed_s=0, budget_s=600, seconds_per_step=1, cap=50) == 50
+
+
+def test_max_minutes_lays_the_schedule_over_the_budget(synth_small, tmp_path, monkeypatch):
+    """A fake clock (0.25 s per reading) makes the pace deterministic: the run must end when the
+    budget does, with the learning rate at the end of its cosine, whatever --epochs says."""
+    import training.train as tr
+
+    clock = iter(range(10**9))
+    monkeypatch.setattr(tr.time, "time", lambda: next(clock) * 0.25)
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path / "run"), model="tiny", epochs=1, batch_size=16,
+                      lr=1e-3, warmup_steps=5, max_minutes=1.0, eval_every=0, eval_max_queries=10, seed=0,
+                      progress=False)
+    result = train(cfg)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["event"] == "step"]
+    per_epoch = len(json.loads((synth_small / "captions" / "cap.synth.train.json").read_text())) // 16
+    assert len(steps) > per_epoch, "the budget, not --epochs, sets the length"
+    assert abs(result["planned_steps"] - result["steps"]) <= 2, result
+    assert max(s["lr"] for s in steps) == pytest.approx(1e-3, rel=0.05)
+    assert steps[-1]["lr"] < 0.05 * 1e-3, "the cosine has decayed by the end of the budget"

@@ -10,7 +10,6 @@ from training.trns import (
     mid_zone_negatives,
     random_negatives,
     rebuild_epochs,
-    score_pool,
 )
 
 
@@ -83,9 +82,11 @@ def test_rebuild_schedule():
     assert rebuild_epochs(4, 1) == [1, 2, 3]
 
 
-def test_score_pool_chunked_equals_full():
+def test_maxsim_scores_chunked_equals_full():
+    from training.model import maxsim_scores
+
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     pool = torch.nn.functional.normalize(torch.randn(103, 4, 8), dim=-1)
     full = torch.einsum("qd,nkd->qnk", q, pool).amax(-1).numpy()
-    assert np.allclose(score_pool(q, pool, chunk=10), full, atol=1e-6)
+    assert np.allclose(maxsim_scores(q, pool, chunk=10), full, atol=1e-6)

@@ -285,3 +285,37 @@ def load_circo(root: str | Path, split: str, on_error: str = "raise") -> CIRCOSp
         except TrainingError as e:
             skip(e)
     return CIRCOSplit(split, root, queries, skip.count, skip.reasons)
+
+
+def split_stats(kind: str, root: str | Path) -> dict:
+    """Pairs and images per split of a benchmark folder (what `dqe-cir data stats` prints)."""
+    root_path = Path(root)
+    out: dict = {"kind": kind, "root": str(root_path)}
+    if kind == "cirr":
+        name = cirr_dataset_name(root_path)
+        out["name"] = name
+        for split in CIRR_SPLITS:
+            if not (root_path / "image_splits" / f"split.{name}.{split}.json").is_file():
+                continue
+            images = read_json(root_path / "image_splits" / f"split.{name}.{split}.json")
+            entry = {"images": len(images)}
+            if (root_path / "captions" / f"cap.{name}.{split}.json").is_file():
+                entry["pairs"] = len(load_cirr(root_path, split, name).queries)
+            out[split] = entry
+    elif kind == "fashioniq":
+        for split in FIQ_SPLITS:
+            data = load_fashioniq(root_path, split)
+            entry = {"pairs": len(data.triplets),
+                     "images": sum(len(v) for v in data.gallery.values()), "categories": {}}
+            for cat in data.categories:
+                entry["categories"][cat] = {"pairs": sum(t.category == cat for t in data.triplets),
+                                            "images": len(data.gallery[cat])}
+            out[split] = entry
+    elif kind == "circo":
+        for split in CIRCO_SPLITS:
+            data = load_circo(root_path, split)
+            referenced = {q.reference for q in data.queries} | {t for q in data.queries for t in q.targets}
+            out[split] = {"pairs": len(data.queries), "images": len(referenced)}
+    else:
+        raise TrainingError(f"unknown benchmark kind {kind!r}; choose cirr, fashioniq or circo")
+    return out

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+from encoder.fusion import resolve_weights
 from encoder.text import TextTokenizer
-from training.data import CIRData
+from training.cir_data import CIRData
 from training.metrics import cirr_metrics, fashioniq_metrics
-from training.model import DQECIR
+from training.model import DQECIR, maxsim_scores
+
+
+@dataclass
+class Evaluation:
+    metrics: dict  # the protocol's metrics (+ "errors" on the synthetic set)
+    scores: np.ndarray  # [queries, gallery] MaxSim of every fused query, for submissions and analysis
 
 
 @torch.no_grad()
@@ -40,19 +49,9 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
         for k, v in zip(parts, model.compose(px, _to(model, ids), _to(model, mask)), strict=True):
             parts[k].append(v.float().cpu())
     parts = {k: torch.cat(v) for k, v in parts.items()}
-    w = parts["weights"].clone()
-    if weights_override:
-        for i, name in enumerate(("color", "shape")):
-            if name in weights_override:
-                w[:, i] = float(weights_override[name])
+    w = torch.from_numpy(resolve_weights(parts["weights"].numpy(), weights_override))
     q = model.fuse(parts["q_base"], parts["q_color"], parts["q_shape"], w)
     return q, {k: v.numpy() for k, v in parts.items()}
-
-
-def score_matrix(q: torch.Tensor, tokens: torch.Tensor, chunk: int = 2048) -> np.ndarray:
-    from training.trns import score_pool
-
-    return score_pool(q, tokens, chunk)
 
 
 def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
@@ -69,12 +68,8 @@ def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
             per_cat[cat] = (scores[np.ix_(qs, gal)], [pos[t] for t in data.tgt[qs]])
         return fashioniq_metrics(per_cat)
     names = data.names
-    positives = None
-    if data.scene_keys is not None:
-        by_key: dict[str, list[str]] = {}
-        for n, k in zip(names, data.scene_keys, strict=True):
-            by_key.setdefault(k, []).append(n)
-        positives = [by_key[data.scene_keys[t]] for t in data.tgt]
+    same = data.same_scene_images()
+    positives = None if same is None else [[names[j] for j in same[t]] for t in data.tgt]
     return cirr_metrics(scores, names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
                         [[names[m] for m in mem] for mem in data.members], positives)
 
@@ -104,6 +99,21 @@ def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
     return {k: 100.0 * v / n for k, v in counts.items()}
 
 
+def edit_accuracy(data: CIRData, scores: np.ndarray) -> dict:
+    """Top-1 accuracy (reference excluded, a same-scene duplicate of the target counts) per kind of
+    edit: color, shape, and every other kind together. Synthetic set only (it knows the edit kinds)."""
+    if data.scene_keys is None or not any(data.edit_kinds):
+        return {}
+    s = scores.copy()
+    s[np.arange(len(s)), data.ref] = -np.inf
+    top = s.argmax(axis=1)
+    hits: dict[str, list[bool]] = {"color": [], "shape": [], "other": []}
+    for i, t in enumerate(top):
+        kind = data.edit_kinds[i] if data.edit_kinds[i] in ("color", "shape") else "other"
+        hits[kind].append(data.scene_keys[t] == data.scene_keys[data.tgt[i]])
+    return {f"{k}-edit top-1": 100.0 * float(np.mean(v)) for k, v in hits.items() if v}
+
+
 def _objects(key: str) -> list[tuple[str, str, str, str]]:
     out = []
     for part in key.split("|"):
@@ -113,13 +123,16 @@ def _objects(key: str) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override: dict | None = None) -> dict:
+def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override: dict | None = None) -> Evaluation:
+    """Score every query against the gallery; a split without targets (a test split) gets no metrics."""
     tokens = encode_gallery(model, data)
     q, _ = compose_queries(model, tok, data, weights_override=weights_override)
-    scores = score_matrix(q, tokens)
-    out = protocol_metrics(data, scores)
+    scores = maxsim_scores(q, tokens)
+    if (data.tgt < 0).any():
+        return Evaluation({}, scores)
+    metrics = protocol_metrics(data, scores)
     errors = error_breakdown(data, scores)
     if errors:
-        out["errors"] = errors
-    return out
+        metrics["errors"] = errors
+    return Evaluation(metrics, scores)
 

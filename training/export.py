@@ -11,14 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoder.bundle import FILES, BundleSpec, write_bundle_json
+from encoder.bundle import COMPOSER_OUTPUTS, FILES, BundleSpec, write_bundle_json
 from encoder.text import TextTokenizer
 from training.errors import TrainingError
 from training.model import DQECIR
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
-COMPOSER_OUTPUTS = ["q_base", "q_color", "q_shape", "weights"]
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit: larger models keep weights beside the graph
 
 
@@ -63,7 +62,7 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
         _export(ImageEncoderGraph(model), (pixels,), out / FILES["image_encoder"], ["pixel_values"], ["tokens"],
                 {"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset, external)
         _export(ComposerGraph(model), (pixels, ids, mask), out / FILES["composer"],
-                ["pixel_values", "input_ids", "attention_mask"], COMPOSER_OUTPUTS,
+                ["pixel_values", "input_ids", "attention_mask"], list(COMPOSER_OUTPUTS),
                 {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text"},
                  "attention_mask": {0: "batch", 1: "text"}, **{o: {0: "batch"} for o in COMPOSER_OUTPUTS}},
                 opset, external)

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +21,6 @@ from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerCo
 from encoder.preprocess import CLIP_MEAN, CLIP_STD
 from training.errors import TrainingError
 
-ATTRIBUTES = ("color", "shape")
 WEIGHT_MODES = ("off", "global", "sigmoid", "softmax")
 
 
@@ -150,6 +150,15 @@ class DQECIR(nn.Module):
         out = b.qformer(query_embeds=queries, encoder_hidden_states=feats, encoder_attention_mask=None)
         return F.normalize(b.vision_projection(out.last_hidden_state), dim=-1)
 
+    # -- text side -----------------------------------------------------------------------
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A text alone (no image, no query tokens): the Q-Former's [CLS] state through text_projection,
+        L2-normalised [B, D]. BLIP-2's image-text contrastive side, used by caption pretraining."""
+        b = self.blip
+        h = b.qformer(query_embeds=b.embeddings(input_ids=input_ids), query_length=0,
+                      attention_mask=attention_mask).last_hidden_state[:, 0]
+        return F.normalize(b.text_projection(h), dim=-1)
+
     # -- query side ----------------------------------------------------------------------
     def compose(self, ref_pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         b = self.blip
@@ -195,6 +204,17 @@ class DQECIR(nn.Module):
 def maxsim(q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """s[b, n] = max_k <q_b, T_{n,k}>: Qdrant's MAX_SIM for a single query vector."""
     return torch.einsum("bd,nkd->bnk", q, tokens).amax(dim=-1)
+
+
+@torch.no_grad()
+def maxsim_scores(queries: torch.Tensor, pool_tokens: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """maxsim of every query [Q, D] against a pool [N, K, D] as float32 numpy [Q, N], chunked over the
+    pool so that a 100k-image pool fits in memory on CPU (evaluation and TRNS mining both use it)."""
+    out = np.empty((queries.shape[0], pool_tokens.shape[0]), dtype=np.float32)
+    for s in range(0, pool_tokens.shape[0], chunk):
+        part = pool_tokens[s : s + chunk]
+        out[:, s : s + part.shape[0]] = maxsim(queries, part).float().cpu().numpy()
+    return out
 
 
 def config_dict(cfg: ModelConfig) -> dict:

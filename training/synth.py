@@ -206,3 +206,17 @@ def generate(out: str | Path, size: str = "demo", seed: int = 0, image_size: int
 
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def ensure_synth(out: str | Path, size: str, seed: int, log=print) -> Path:
+    """Generate the synthetic set unless the same size and seed already sit in `out`."""
+    out = Path(out)
+    meta = out / "synth.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        if m.get("size") == size and m.get("seed") == seed:
+            log(f"[data] reusing {out} ({size}, seed {seed})")
+            return out
+    log(f"[data] generating the {size} synthetic benchmark in {out}")
+    generate(out, size=size, seed=seed)
+    return out

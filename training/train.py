@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from encoder.text import TextTokenizer
-from training.data import CIRData, load_cir_data
+from training.cir_data import CIRData, load_cir_data
+from training.datasets import read_json
 from training.errors import TrainingError
 from training.evaluate import evaluate
 from training.losses import in_batch_contrastive, margin_ranking, pairwise_kl
-from training.model import DQECIR, ModelConfig, maxsim, model_config
+from training.model import DQECIR, ModelConfig, maxsim, maxsim_scores, model_config
 from training.trns import (
     MidZoneConfig,
     NegativeSampler,
@@ -32,7 +33,6 @@ from training.trns import (
     mid_zone_negatives,
     random_negatives,
     rebuild_epochs,
-    score_pool,
 )
 from training.vocab import build_tokenizer
 
@@ -85,15 +85,7 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
-    raw = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise TrainingError(f"config file not found: {p}")
-        try:
-            raw = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise TrainingError(f"{p}: malformed JSON ({e.msg} at line {e.lineno})") from e
+    raw = dict(read_json(Path(path))) if path else {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     known = set(TrainConfig.__dataclass_fields__)
     bad = sorted(set(raw) - known)
@@ -138,10 +130,22 @@ def load_checkpoint(path: str | Path) -> tuple[DQECIR, TextTokenizer, dict]:
 
 # --- the loop ----------------------------------------------------------------------------
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    """Linear warm-up, then cosine to lr * min_lr_ratio at `total`. The warm-up never takes more
+    than a tenth of the schedule, so a short (time-budgeted) run still decays."""
+    warmup = max(1, min(cfg.warmup_steps, total // 10))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def budget_total_steps(step: int, elapsed_s: float, budget_s: float, seconds_per_step: float,
+                       cap: int | None = None) -> int:
+    """The schedule length that ends when the time budget does: the steps done so far plus the steps
+    that fit in the time left at the measured pace (eval and mining time included in that pace)."""
+    left = max(0.0, budget_s - elapsed_s)
+    total = step + max(1, int(left / max(seconds_per_step, 1e-6)))
+    return min(total, cap) if cap else total
 
 
 class Trainer:
@@ -158,6 +162,10 @@ class Trainer:
         self.n_items = len(train.names) if cfg.task == "caption" else len(train.ref)
         self.steps_per_epoch = max(1, self.n_items // (cfg.batch_size * cfg.grad_accum))
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
+        # --max-minutes without --max-steps: the schedule is laid over the time budget instead of
+        # the epochs, re-measured as the run goes (see budget_total_steps).
+        self.time_budgeted = bool(cfg.max_minutes) and not cfg.max_steps
+        self.elapsed_s = 0.0  # training wall time so far, across resumes
         self.step, self.epoch = 0, 0
         self.sampler: NegativeSampler | None = None
         self.neg_rng = np.random.default_rng([cfg.seed, 991])
@@ -171,7 +179,8 @@ class Trainer:
         return {"optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch,
                 "sampler": self.sampler, "neg_rng": self.neg_rng.bit_generator.state,
                 "text_rng": self.text_rng.getstate(), "torch_rng": torch.get_rng_state(),
-                "train_config": asdict(self.cfg), "history": self.history}
+                "train_config": asdict(self.cfg), "history": self.history, "total_steps": self.total_steps,
+                "elapsed_s": self.elapsed_s}
 
     def restore(self, payload: dict) -> None:
         self.opt.load_state_dict(payload["optimizer"])
@@ -181,6 +190,8 @@ class Trainer:
         self.text_rng.setstate(payload["text_rng"])
         torch.set_rng_state(payload["torch_rng"])
         self.history = payload.get("history", [])
+        self.total_steps = payload.get("total_steps", self.total_steps)
+        self.elapsed_s = payload.get("elapsed_s", 0.0)
 
     def save(self, name: str = "last.pt") -> Path:
         path = self.out / name
@@ -190,27 +201,27 @@ class Trainer:
     # -- batches ------------------------------------------------------------------------------
     def pixels(self, idx: np.ndarray) -> torch.Tensor:
         cfg = self.model.cfg
-        return self.t(self.train.batch_pixels(idx, cfg.mean, cfg.std))
+        return self.to_device(self.train.batch_pixels(idx, cfg.mean, cfg.std))
 
-    def t(self, array: np.ndarray) -> torch.Tensor:
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device)
 
     def encode_unique(self, idx: np.ndarray) -> torch.Tensor:
         """Tokens for image indices, each distinct image encoded once."""
         uniq, inv = np.unique(idx, return_inverse=True)
-        return self.model.encode_image(self.pixels(uniq))[self.t(inv)]
+        return self.model.encode_image(self.pixels(uniq))[self.to_device(inv)]
 
     def loss_cir(self, qi: np.ndarray) -> tuple[torch.Tensor, dict]:
         cfg, d, m = self.cfg, self.train, self.model
         ids, mask = self.tok([d.train_text(int(i), self.text_rng) for i in qi])
-        q_base, q_color, q_shape, w = m.compose(self.pixels(d.ref[qi]), self.t(ids), self.t(mask))
+        q_base, q_color, q_shape, w = m.compose(self.pixels(d.ref[qi]), self.to_device(ids), self.to_device(mask))
         q = m.fuse(q_base, q_color, q_shape, w)
         tgt = d.tgt[qi]
         logs = {}
         if cfg.loss == "contrastive":
             cols = np.concatenate([tgt, self.img_set_distractors(qi)])
             tokens = self.encode_unique(cols)
-            same = self.t(self._same_scene(tgt, cols))
+            same = self.to_device(self._same_scene(tgt, cols))
             loss = in_batch_contrastive(maxsim(q, tokens), m.tau, same)
             if cfg.lambda_attr:
                 for qa in (q_color, q_shape):
@@ -259,13 +270,8 @@ class Trainer:
             raise TrainingError("caption pretraining needs scene captions (the synthetic set has them)")
         tokens = m.encode_image(self.pixels(ii))
         ids, mask = self.tok([d.scene_captions[i] for i in ii])
-        b = m.blip
-        h = b.qformer(query_embeds=b.embeddings(input_ids=self.t(ids)), query_length=0,
-                      attention_mask=self.t(mask)).last_hidden_state[:, 0]
-        t = torch.nn.functional.normalize(b.text_projection(h), dim=-1)
-        s = maxsim(t, tokens)
-        keys = np.array([d.scene_keys[i] for i in ii])
-        same = self.t(keys[:, None] == keys[None, :])
+        s = maxsim(m.encode_text(self.to_device(ids), self.to_device(mask)), tokens)
+        same = self.to_device(self._same_scene(ii))
         return (in_batch_contrastive(s, m.tau, same) + in_batch_contrastive(s.t(), m.tau, same)) / 2, {}
 
     def negatives(self, qi: np.ndarray) -> np.ndarray:
@@ -284,14 +290,10 @@ class Trainer:
 
         pool = encode_gallery(m, d)
         q, _ = compose_queries(m, self.tok, d)
-        scores = score_pool(q, pool)
+        scores = maxsim_scores(q, pool)
         delta = delta_scores(scores, d.tgt)
-        extra = None
-        if d.scene_keys is not None:
-            by_key: dict[str, list[int]] = {}
-            for i, k in enumerate(d.scene_keys):
-                by_key.setdefault(k, []).append(i)
-            extra = [by_key[d.scene_keys[t]] for t in d.tgt]
+        same = d.same_scene_images()
+        extra = None if same is None else [same[t] for t in d.tgt]
         excluded = exclusion_mask(len(d.tgt), len(d.names), d.tgt, extra)
         excluded[np.arange(len(d.ref)), d.ref] = True  # the reference is no useful negative either
         zones = mid_zone_negatives(delta, excluded, MidZoneConfig(**self.cfg.trns))
@@ -310,10 +312,22 @@ class Trainer:
     def evaluate(self) -> dict:
         if self.val is None or self.cfg.task != "cir":
             return {}
-        metrics = evaluate(self.model, self.tok, self.val)
+        metrics = evaluate(self.model, self.tok, self.val).metrics
         self.model.train()
         self.log({"event": "eval", "epoch": self.epoch, "step": self.step, **metrics})
         return metrics
+
+    def planned_epochs(self) -> int:
+        return max(1, math.ceil(self.total_steps / self.steps_per_epoch))
+
+    def fit_schedule_to_budget(self, session_start: float, session_first_step: int) -> None:
+        """Lay the schedule over what is left of --max-minutes at the pace measured in this session."""
+        done = self.step - session_first_step
+        if not self.time_budgeted or done < 3:
+            return
+        now = time.time() - session_start
+        pace = now / done
+        self.total_steps = budget_total_steps(self.step, self.elapsed_s + now, self.cfg.max_minutes * 60, pace)
 
     def run(self, stop_after: int | None = None) -> dict:
         """Train to the end (or stop after `stop_after` steps, as an interruption would)."""
@@ -321,8 +335,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         m.train()
-        start = time.time()
-        rebuild_at = set(rebuild_epochs(cfg.epochs, cfg.trns_warmup_epochs))
+        start, first_step, elapsed_before = time.time(), self.step, self.elapsed_s
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train ({cfg.task})", unit="step",
                    disable=not cfg.progress)
         metrics: dict = {}
@@ -330,6 +343,7 @@ class Trainer:
         while self.step < self.total_steps and not stopped:
             order = np.random.default_rng([cfg.seed, self.epoch]).permutation(self.n_items)
             first = self.step - self.epoch * self.steps_per_epoch
+            rebuild_at = rebuild_epochs(self.planned_epochs(), cfg.trns_warmup_epochs)
             if first == 0 and cfg.task == "cir" and cfg.loss == "pairwise" and cfg.negatives == "trns" \
                     and self.epoch in rebuild_at:
                 self.rebuild_mid_zones()
@@ -354,22 +368,29 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
                 self.opt.step()
                 self.step += 1
+                self.elapsed_s = elapsed_before + time.time() - start
+                if self.step - first_step in (3, 10) or self.step % 50 == 0:
+                    self.fit_schedule_to_budget(start, first_step)
+                    bar.total = self.total_steps
                 bar.update()
                 bar.set_postfix(loss=f"{total:.3f}")
                 self.log({"event": "step", "step": self.step, "epoch": self.epoch, "loss": total, "lr": lr,
                           "tau": float(m.tau.detach()), **logs})
-                if (cfg.max_minutes and (time.time() - start) / 60 >= cfg.max_minutes) or self.step == stop_after:
+                if (cfg.max_minutes and self.elapsed_s / 60 >= cfg.max_minutes) or self.step == stop_after:
                     stopped = True
                     break
             else:
                 self.epoch += 1
                 if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.step < self.total_steps:
                     metrics = self.evaluate()
+                self.fit_schedule_to_budget(start, first_step)  # eval and mining time count too
+                bar.total = self.total_steps
                 self.save()
         bar.close()
         metrics = self.evaluate()
         self.save()
-        return {"steps": self.step, "epochs": self.epoch, "minutes": (time.time() - start) / 60, **metrics}
+        return {"steps": self.step, "epochs": self.epoch, "minutes": (time.time() - start) / 60,
+                "planned_steps": self.total_steps, **metrics}
 
 
 def build_model(cfg: TrainConfig, tok: TextTokenizer | None = None) -> tuple[DQECIR, TextTokenizer]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 def delta_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -113,14 +112,3 @@ def rebuild_epochs(epochs: int, warmup: int) -> list[int]:
     negatives, then every max(1, epochs // 6) epochs."""
     every = max(1, epochs // 6)
     return list(range(warmup, epochs, every))
-
-
-@torch.no_grad()
-def score_pool(queries: torch.Tensor, pool_tokens: torch.Tensor, chunk: int = 4096) -> np.ndarray:
-    """MaxSim of every query [Q, D] against a pool [N, K, D], chunked over the pool so that a 100k
-    image pool fits in memory on CPU. Returns float32 [Q, N]."""
-    out = np.empty((queries.shape[0], pool_tokens.shape[0]), dtype=np.float32)
-    for s in range(0, pool_tokens.shape[0], chunk):
-        part = pool_tokens[s : s + chunk]
-        out[:, s : s + part.shape[0]] = torch.einsum("qd,nkd->qnk", queries, part).amax(-1).cpu().numpy()
-    return out

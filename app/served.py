@@ -1,6 +1,7 @@
-"""Evaluation through the served path (bundle + Qdrant + CIRSearch), torch-free, and the demo's
-picture of a few queries. The CIRR protocol, as in training/evaluate.py: the reference is left out
-of its own results, Rs@K ranks the img_set members other than the reference."""
+"""Evaluation through the served path (bundle + Qdrant + CIRSearch) and the demo's picture of a few
+queries. The CIRR protocol, as in training/evaluate.py: the reference is left out of its own results,
+Rs@K ranks the img_set members other than the reference. Scoring through Qdrant needs no torch;
+`compare_served` also runs the torch evaluation of the same checkpoint."""
 
 from __future__ import annotations
 
@@ -127,3 +128,30 @@ def served_eval(bundle: str | Path, root: str | Path, split: str, qdrant_path: s
     finally:
         client.close()
     return metrics, tops, data, report
+
+
+def compare_served(checkpoint: str | Path, kind: str, root: str | Path, split: str, max_queries: int | None = None,
+                   bundle: str | Path | None = None, progress: bool = True) -> dict:
+    """Torch metrics and the same metrics through bundle + local-mode Qdrant + CIRSearch, side by side
+    (the checkpoint is exported to a temporary bundle unless `bundle` is given)."""
+    import tempfile
+
+    from training.cir_data import load_cir_data
+    from training.errors import TrainingError
+    from training.evaluate import evaluate
+    from training.export import export_bundle
+    from training.train import load_checkpoint
+
+    if kind not in ("synth", "cirr"):
+        raise TrainingError("--served scores the CIRR protocol: use --data synth or cirr")
+    model, tok, _ = load_checkpoint(checkpoint)
+    data = load_cir_data(kind, root, split, model.cfg.image_size, progress, max_queries)
+    torch_metrics = evaluate(model, tok, data).metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        if bundle is None:
+            bundle = Path(tmp) / "bundle"
+            export_bundle(model, tok, bundle, log=lambda *_: None)
+        served, _, _, _ = served_eval(bundle, root, split, Path(tmp) / "qdrant", progress=progress,
+                                      max_queries=max_queries)
+    return {"torch": {k: v for k, v in torch_metrics.items() if k in served}, "served": served,
+            "max_abs_diff": max(abs(served[k] - torch_metrics[k]) for k in served)}

@@ -45,6 +45,16 @@ class CIRData:
     def batch_pixels(self, idx: np.ndarray, mean, std) -> np.ndarray:
         return normalize(self.pixels[idx], mean, std)
 
+    def same_scene_images(self) -> list[list[int]] | None:
+        """For every image, the indices of the images that show the same scene (itself included);
+        None when the data set does not know scenes (only the synthetic set does)."""
+        if self.scene_keys is None:
+            return None
+        by_key: dict[str, list[int]] = {}
+        for i, k in enumerate(self.scene_keys):
+            by_key.setdefault(k, []).append(i)
+        return [by_key[k] for k in self.scene_keys]
+
 
 def _load_pixels(paths: list[Path], image_size: int, progress: bool) -> np.ndarray:
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)

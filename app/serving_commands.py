@@ -1,4 +1,5 @@
-"""Serving-side commands: `dqe-cir index` (in-process or through Celery workers) and `dqe-cir search`."""
+"""The serving-side commands: `dqe-cir index` (in-process or through Celery workers), `dqe-cir search`
+and `dqe-cir doctor`. No torch; handlers import what they need when they run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 def cmd_index(args) -> int:
     from indexer.errors import IndexerError
-    from indexer.settings import load_settings, qdrant_client, with_overrides
+    from indexer.settings import load_settings, qdrant_client, release_client, with_overrides
 
     settings = with_overrides(load_settings(), args.bundle, args.qdrant_path)
     if args.rollback:
@@ -18,7 +19,7 @@ def cmd_index(args) -> int:
         try:
             old, new = rollback(client, args.collection)
         finally:
-            client.close()
+            release_client(settings, client)
         print(f"alias {args.collection!r}: {old} -> {new}")
         return 0
     if not args.catalog:
@@ -42,7 +43,7 @@ def cmd_index(args) -> int:
                                    payload_indexes=indexes, allow_http=settings.allow_http, progress=not args.quiet,
                                    storage=args.storage)
         finally:
-            client.close()
+            release_client(settings, client)
     summary = report.to_dict()
     if args.failures:
         with open(args.failures, "w") as f:
@@ -60,7 +61,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def register_index(sub) -> None:
     p = sub.add_parser("index", help="embed a catalog into Qdrant (a new version behind an alias)")
     p.add_argument("--catalog", help="folder of images, or a .jsonl/.csv manifest (id, uri, payload fields)")
     p.add_argument("--collection", default="catalog", help="the alias that searches use")
@@ -83,17 +84,12 @@ def register(sub) -> None:
 
 
 def cmd_search(args) -> int:
-    from indexer.settings import load_settings, qdrant_client, with_overrides
+    from encoder.fusion import parse_weights
+    from indexer.settings import load_settings, qdrant_client, release_client, with_overrides
     from plugin.search import CIRSearch, ItemRef, SearchError
 
     settings = with_overrides(load_settings(), qdrant_path=args.qdrant_path)
-    weights = {}
-    for item in args.weights or []:
-        key, _, value = item.partition("=")
-        try:
-            weights[key] = float(value)
-        except ValueError as e:
-            raise SearchError(f"--weights takes ATTR=NUMBER, got {item!r}") from e
+    weights = parse_weights(args.weights)
     client = qdrant_client(settings)
     try:
         search = CIRSearch(client, args.collection, bundle=args.bundle or settings.bundle,
@@ -101,10 +97,9 @@ def cmd_search(args) -> int:
         image = ItemRef(args.item) if args.item else args.image
         if image is None:
             raise SearchError("give --image PATH or --item ID (a catalog item as the reference)")
-        hits = search.query(image, args.text, k=args.k, weights=weights or None,
-                            exact=True if args.exact else None)
+        hits = search.query(image, args.text, k=args.k, weights=weights, exact=True if args.exact else None)
     finally:
-        client.close()
+        release_client(settings, client)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
         return 0
@@ -114,6 +109,22 @@ def cmd_search(args) -> int:
     if hits:
         print("weights: " + ", ".join(f"{k}={v:.2f}" for k, v in hits[0].weights.items()))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from indexer.doctor import run_checks
+    from indexer.settings import load_settings, with_overrides
+
+    settings = with_overrides(load_settings(), args.bundle, args.qdrant_path)
+    checks = run_checks(args.collection, settings, broker=not args.no_broker)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks]))
+    else:
+        for c in checks:
+            print(f"[{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                print(f"       fix: {c.fix}")
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def register_search(sub) -> None:
@@ -130,3 +141,24 @@ def register_search(sub) -> None:
     p.add_argument("--exact", action="store_true", help="exact MaxSim over every item")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+
+def register_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="check the bundle, onnxruntime, Qdrant, the collection and the broker")
+    p.add_argument("--collection", default="catalog")
+    p.add_argument("--bundle", help="default: $DQE_CIR_BUNDLE")
+    p.add_argument("--qdrant-path", help="default: $QDRANT_URL, else $QDRANT_PATH")
+    p.add_argument("--no-broker", action="store_true", help="skip the broker check (in-process deployments)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
+SERVE_EXTRA = ("serve", ("onnxruntime", "qdrant_client", "celery", "redis"))
+
+
+def register(sub, needs: dict) -> None:
+    """Add the serving commands; `needs[name]` records the extra each one requires."""
+    register_index(sub)
+    register_search(sub)
+    register_doctor(sub)
+    needs.update(index=SERVE_EXTRA, search=SERVE_EXTRA, doctor=SERVE_EXTRA)

@@ -1,0 +1,7 @@
+"""`python -m app` is `dqe-cir`."""
+
+import sys
+
+from app.cli import main
+
+sys.exit(main())

@@ -1,0 +1,222 @@
+"""The torch-side commands: `dqe-cir data | pretrain | train | eval | export`.
+
+Registering them costs nothing: every handler imports what it needs when it runs, so a serving
+install (no torch) still builds the parser and runs its own commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TRAIN_EXTRA = ("train", ("torch", "transformers"))
+EXPORT_EXTRA = ("train", ("torch", "transformers", "onnx", "onnxruntime"))
+DATA_EXTRA = ("train", ())  # the loaders and the synthetic generator need numpy and Pillow only
+
+
+def print_table(obj: dict, as_json: bool = False, title: str = "") -> None:
+    """Metrics as JSON or as an aligned two-column table (a nested dict is one line)."""
+    if as_json:
+        print(json.dumps(obj))
+        return
+    if title:
+        print(title)
+    labels = {"errors": "errors of the top-1"}
+    width = max((len(labels.get(k, k)) for k in obj), default=0)
+    for k, v in obj.items():
+        k = labels.get(k, k)
+        if isinstance(v, dict):
+            v = ", ".join(f"{a} {b:.1f}%" if isinstance(b, float) else f"{a} {b}" for a, b in v.items())
+        elif isinstance(v, float):
+            v = f"{v:.2f}"
+        print(f"  {k:<{width}}  {v}")
+
+
+# --- data -------------------------------------------------------------------------------
+def cmd_data_synth(args) -> int:
+    from training.synth import generate
+
+    summary = generate(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
+                       workers=args.workers, progress=not args.quiet)
+    for split, c in summary.items():
+        print(f"{split:6s} {c['pairs']:6d} pairs {c['images']:6d} images")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from training.datasets import split_stats
+
+    stats = split_stats(args.kind, args.root)
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    print(f"{args.kind} at {stats['root']}")
+    for split, entry in stats.items():
+        if not isinstance(entry, dict):
+            continue
+        pairs = entry.get("pairs", "-")
+        print(f"  {split:6s} pairs {pairs!s:>7}  images {entry['images']:>7}")
+        for cat, c in entry.get("categories", {}).items():
+            print(f"    {cat:8s} pairs {c['pairs']:>7}  images {c['images']:>7}")
+    return 0
+
+
+def cmd_data_oracle(args) -> int:
+    from training.oracle import oracle_metrics
+
+    print_table(oracle_metrics(args.root, args.split), args.json, f"oracle on {args.root} ({args.split})")
+    return 0
+
+
+# --- training -----------------------------------------------------------------------------
+def _train_overrides(args) -> dict:
+    over = {k: getattr(args, k) for k in ("data", "root", "out", "model", "init", "loss", "negatives", "epochs",
+                                           "batch_size", "lr", "max_minutes", "max_steps", "seed", "eval_every")}
+    if args.train_minutes is not None:
+        over["max_minutes"] = args.train_minutes
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        try:
+            over[key] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key] = value
+    return over
+
+
+def cmd_train(args, task: str = "cir") -> int:
+    from training.train import load_train_config, train
+
+    over = _train_overrides(args)
+    over["task"] = task
+    over["progress"] = not args.quiet
+    cfg = load_train_config(args.config, **over)
+    result = train(cfg, resume=not args.restart)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from encoder.fusion import parse_weights
+    from training.cir_data import load_cir_data
+    from training.evaluate import evaluate
+    from training.metrics import write_cirr_submission
+    from training.train import load_checkpoint
+
+    weights = parse_weights(args.weights)
+    if args.served:
+        from app.served import compare_served
+
+        out = compare_served(args.checkpoint, args.data, args.root, args.split, args.max_queries, args.bundle,
+                             progress=not args.json)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"{'metric':<8} {'torch':>8} {'served':>8}")
+            for k, v in out["served"].items():
+                print(f"{k:<8} {out['torch'][k]:8.2f} {v:8.2f}")
+            print(f"max abs difference: {out['max_abs_diff']:.2f} points")
+        return 0
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    data = load_cir_data(args.data, args.root, args.split, model.cfg.image_size, not args.json, args.max_queries)
+    result = evaluate(model, tok, data, weights_override=weights)
+    if args.submission:
+        names = data.names
+        paths = write_cirr_submission(args.submission, data.pairids, result.scores, names,
+                                      [names[r] for r in data.ref], [[names[m] for m in mem] for mem in data.members])
+        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    if not result.metrics:
+        if not args.submission:
+            print("error: this split has no targets; pass --submission DIR to write the server files",
+                  file=sys.stderr)
+            return 2
+        return 0
+    print_table(result.metrics, args.json, f"{args.checkpoint} on {args.data}:{args.split} "
+                                          f"({len(data.ref)} queries, {len(data.names)} images)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training.export import export_bundle
+    from training.train import load_checkpoint
+
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    export_bundle(model, tok, args.out, opset=args.opset, fp16=args.fp16,
+                  source={"checkpoint": str(args.checkpoint), "preset": model.cfg.preset})
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
+    p.add_argument("--data", choices=["synth", "cirr", "fashioniq"])
+    p.add_argument("--root", help="data root (CIRR layout for synth/cirr, FashionIQ layout)")
+    p.add_argument("--out", help="run folder: last.pt, metrics.jsonl")
+    p.add_argument("--model", choices=["tiny", "demo", "blip2"])
+    p.add_argument("--init", help="start from this checkpoint's weights")
+    p.add_argument("--loss", choices=["contrastive", "pairwise"])
+    p.add_argument("--negatives", choices=["random", "trns"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-minutes", type=float,
+                   help="time budget: warm-up and cosine decay are laid over it (from the measured step time)")
+    p.add_argument("--train-minutes", type=float, help="alias of --max-minutes")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=JSON", help="any other TrainConfig field")
+    p.add_argument("--restart", action="store_true", help="ignore <out>/last.pt instead of resuming")
+    p.add_argument("--quiet", action="store_true")
+
+
+def register(sub, needs: dict) -> None:
+    """Add the torch-side commands; `needs[name]` records the extra each one requires."""
+    data = sub.add_parser("data", help="benchmarks: generate, inspect, score the oracle")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="generate the synthetic CIR benchmark (CIRR layout)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", choices=["small", "demo", "large"], default="demo")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--workers", type=int, default=None, help="render processes (output is the same for any)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_data_synth)
+    s = dsub.add_parser("stats", help="pairs and images per split")
+    s.add_argument("--kind", choices=["cirr", "fashioniq", "circo"], required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+    s = dsub.add_parser("oracle", help="score the ground-truth oracle on the synthetic set")
+    s.add_argument("--root", required=True)
+    s.add_argument("--split", default="val", choices=["train", "val", "test1"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_oracle)
+    needs["data"] = DATA_EXTRA
+
+    p = sub.add_parser("pretrain", help="image-caption contrastive pretraining (synthetic scene captions)")
+    _add_train_args(p)
+    p.set_defaults(func=lambda a: cmd_train(a, "caption"))
+    p = sub.add_parser("train", help="fine-tune DQE-CIR for composed retrieval")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a checkpoint with the benchmark's protocol")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", choices=["synth", "cirr", "fashioniq"], default="synth")
+    p.add_argument("--root", default="runs/demo/synth-demo-0")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-queries", type=int)
+    p.add_argument("--weights", action="append", metavar="ATTR=W", help="override attribute weights, e.g. color=2")
+    p.add_argument("--submission", help="write the CIRR test-server files into this folder")
+    p.add_argument("--served", action="store_true",
+                   help="also score through the real path: bundle + local-mode Qdrant + CIRSearch")
+    p.add_argument("--bundle", help="with --served: use this bundle instead of exporting the checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="checkpoint -> ONNX model bundle, with a parity check against torch")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights for GPUs (parity tolerance 2e-2)")
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=cmd_export)
+    needs.update(pretrain=TRAIN_EXTRA, train=TRAIN_EXTRA, eval=TRAIN_EXTRA, export=EXPORT_EXTRA)
