@@ -97,14 +97,15 @@ def cmd_search(args) -> int:
         image = ItemRef(args.item) if args.item else args.image
         if image is None:
             raise SearchError("give --image PATH or --item ID (a catalog item as the reference)")
-        hits = search.query(image, args.text, k=args.k, weights=weights, exact=True if args.exact else None)
+        hits = search.query(image, args.text, k=args.k, weights=weights, exact=True if args.exact else None,
+                            explain=args.explain)
     finally:
         release_client(settings, client)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
         return 0
     for rank, h in enumerate(hits, start=1):
-        parts = " ".join(f"{k}={v:.3f}" for k, v in h.breakdown.items())
+        parts = " ".join(f"{k}={v:.3f}" for k, v in h.breakdown.items()) or "-"
         print(f"{rank:3d}. {h.id:<30} score {h.score:.4f}  ({parts})  {h.payload.get('uri', '')}")
     if hits:
         print("weights: " + ", ".join(f"{k}={v:.2f}" for k, v in hits[0].weights.items()))
@@ -139,6 +140,7 @@ def register_search(sub) -> None:
     p.add_argument("--qdrant-path", help="local-mode folder (default: $QDRANT_PATH)")
     p.add_argument("--catalog-root", help="folder that catalog uris are relative to (for --item)")
     p.add_argument("--exact", action="store_true", help="exact MaxSim over every item")
+    p.add_argument("--explain", action="store_true", help="per-attribute score breakdown (fetches token vectors)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 

@@ -3,6 +3,10 @@
     from plugin import CIRSearch
     search = CIRSearch(QdrantClient(path="qdrant"), collection="catalog", bundle="exports/bundle")
     hits = search.query("dress.jpg", "make it red", k=10, weights={"color": 2.0})
+    hits = search.query("dress.jpg", "make it red", explain=True)   # + per-attribute score breakdown
+
+`explain=True` asks Qdrant for each hit's token vectors (Q x D floats a hit) to split its score into
+base / color / shape parts; without it no vectors travel, only ids, scores and payloads.
 """
 
 from __future__ import annotations
@@ -105,12 +109,14 @@ class CIRSearch:
 
     # -- queries --------------------------------------------------------------------------------
     def query(self, image, text: str, k: int = 10, filter=None, weights: dict | None = None,
-              exact: bool | None = None, oversample: int | None = None, exclude_reference: bool = True) -> list[Hit]:
-        return self.query_batch([image], [text], k, filter, weights, exact, oversample, exclude_reference)[0]
+              exact: bool | None = None, oversample: int | None = None, exclude_reference: bool = True,
+              explain: bool = False) -> list[Hit]:
+        return self.query_batch([image], [text], k, filter, weights, exact, oversample, exclude_reference,
+                                explain)[0]
 
     def query_batch(self, images: Sequence, texts: Sequence[str], k: int = 10, filter=None,
                     weights: dict | None = None, exact: bool | None = None, oversample: int | None = None,
-                    exclude_reference: bool = True) -> list[list[Hit]]:
+                    exclude_reference: bool = True, explain: bool = False) -> list[list[Hit]]:
         if not isinstance(k, int) or k <= 0:
             raise SearchError(f"k must be a positive integer, got {k!r}")
         if len(images) != len(texts):
@@ -131,7 +137,7 @@ class CIRSearch:
             if exclude_reference and refs[i] is not None:
                 flt = models.Filter(must=[flt] if flt else None,
                                     must_not=[models.HasIdCondition(has_id=[store.point_id(refs[i])])])
-            requests.append(self._request(q[i], k, flt, exact, over))
+            requests.append(self._request(q[i], k, flt, exact, over, explain))
         try:
             responses = self.client.query_batch_points(self.collection, requests=requests)
         except Exception as e:  # qdrant-client raises several types (HTTP, gRPC, ValueError in local mode)
@@ -141,21 +147,24 @@ class CIRSearch:
         for i, resp in enumerate(responses):
             hits = []
             for p in resp.points:
-                tokens = np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32)
-                breakdown = {"base": float((tokens @ parts.q_base[i]).max())} if tokens.size else {}
-                if tokens.size:
-                    breakdown.update({a: float((tokens @ attr[a][i]).max()) for a in ATTRIBUTES})
+                breakdown = {}
+                if explain:
+                    tokens = np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32)
+                    breakdown = {"base": float((tokens @ parts.q_base[i]).max()),
+                                 **{a: float((tokens @ attr[a][i]).max()) for a in ATTRIBUTES}}
                 payload = dict(p.payload or {})
                 hits.append(Hit(id=payload.get("item_id", str(p.id)), score=float(p.score), payload=payload,
                                 breakdown=breakdown, weights=dict(zip(ATTRIBUTES, map(float, w[i]), strict=True))))
             out.append(hits)
         return out
 
-    def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int) -> models.QueryRequest:
+    def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int,
+                 explain: bool = False) -> models.QueryRequest:
         vec = q.astype(np.float32).tolist()
+        vectors = [store.TOKENS] if explain else False  # the breakdown needs the hits' token vectors
         if exact:
             return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
-                                       with_vector=[store.TOKENS])
+                                       with_vector=vectors)
         prefetch = models.Prefetch(query=vec, using=store.POOLED, filter=flt, limit=k * max(1, oversample))
         return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,
-                                   with_vector=[store.TOKENS])
+                                   with_vector=vectors)

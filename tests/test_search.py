@@ -57,7 +57,23 @@ def test_reference_item_is_excluded_and_filters_apply(indexed, catalog):
     hits = search.query(ItemRef(first), "same but green", k=3, exact=True,
                         filter={"item_id": [first, "val-000001.png"]})
     assert [h.id for h in hits] == ["val-000001.png"]
-    assert set(hits[0].breakdown) == {"base", "color", "shape"} and set(hits[0].weights) == {"color", "shape"}
+    assert hits[0].breakdown == {} and set(hits[0].weights) == {"color", "shape"}  # lean by default
+
+
+def test_explain_adds_the_breakdown_and_only_then_fetches_vectors(indexed, catalog, monkeypatch):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc, catalog_root=catalog)
+    first = sorted(p.name for p in catalog.glob("*.png"))[0]
+    sent = []
+    real = client.query_batch_points
+    monkeypatch.setattr(client, "query_batch_points", lambda *a, **kw: sent.append(kw["requests"]) or real(*a, **kw))
+    lean = search.query(ItemRef(first), "same but green", k=3, exact=True)
+    rich = search.query(ItemRef(first), "same but green", k=3, exact=True, explain=True)
+    assert [h.id for h in lean] == [h.id for h in rich] and [h.score for h in lean] == [h.score for h in rich]
+    assert sent[0][0].with_vector is False and sent[1][0].with_vector == ["tokens"]
+    for h in rich:
+        assert set(h.breakdown) == {"base", "color", "shape"}
+        assert max(h.breakdown.values()) <= 1.0 + 1e-5
 
 
 def test_bad_queries(indexed, catalog):
