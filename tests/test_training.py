@@ -115,3 +115,5 @@ def test_max_minutes_lays_the_schedule_over_the_budget(synth_small, tmp_path, mo
     assert abs(result["planned_steps"] - result["steps"]) <= 2, result
     assert max(s["lr"] for s in steps) == pytest.approx(1e-3, rel=0.05)
     assert steps[-1]["lr"] < 0.05 * 1e-3, "the cosine has decayed by the end of the budget"
+    elapsed = load_checkpoint(tmp_path / "run" / "last.pt")[2]["elapsed_s"]
+    assert 0.9 * 60 <= elapsed <= 1.1 * 60, "the whole budget is used, and no more"

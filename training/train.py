@@ -325,9 +325,8 @@ class Trainer:
         done = self.step - session_first_step
         if not self.time_budgeted or done < 3:
             return
-        now = time.time() - session_start
-        pace = now / done
-        self.total_steps = budget_total_steps(self.step, self.elapsed_s + now, self.cfg.max_minutes * 60, pace)
+        pace = (time.time() - session_start) / done
+        self.total_steps = budget_total_steps(self.step, self.elapsed_s, self.cfg.max_minutes * 60, pace)
 
     def run(self, stop_after: int | None = None) -> dict:
         """Train to the end (or stop after `stop_after` steps, as an interruption would)."""
