@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean browser
 
 install: $(VENV)/.installed
 
@@ -15,15 +15,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[train,serve,dev]'
+	$(BIN)/pip install -q -e '.[train,serve,api,dev]'
 	touch $@
 
 demo: install
 	$(BIN)/dqe-cir demo $(DEMO_ARGS)
 
-test: install
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# tests/test_browser.py drives the system Chromium through chromedriver (no browser download at run time)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "warning: not root; install chromium and chromium-driver for tests/test_browser.py (skipped)" >&2; fi
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

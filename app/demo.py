@@ -12,7 +12,7 @@ from pathlib import Path
 
 from app.training_commands import print_table
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo" / "dqe-cir-demo.pt"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo" / "dqe-cir-demo.safetensors"
 DEMO_EXTRA = ("train,serve", ("torch", "transformers", "onnx", "onnxruntime", "qdrant_client"))
 
 
@@ -28,7 +28,7 @@ def cmd_demo(args) -> int:
     from training.cir_data import load_cir_data
     from training.evaluate import evaluate
     from training.export import export_bundle
-    from training.train import load_checkpoint, load_train_config, train
+    from training.train import LAST, load_checkpoint, load_train_config, train
 
     model_path = Path(args.model)
     if not model_path.is_file():
@@ -49,8 +49,8 @@ def cmd_demo(args) -> int:
     print_table(result, title="[train] after fine-tuning, on synthetic val")
 
     bundle = work / "bundle"
-    tuned, tok, _ = load_checkpoint(run / "last.pt")
-    export_bundle(tuned, tok, bundle, source={"checkpoint": str(run / "last.pt"), "preset": tuned.cfg.preset})
+    tuned, tok, _ = load_checkpoint(run / LAST)
+    export_bundle(tuned, tok, bundle, source={"checkpoint": str(run / LAST), "preset": tuned.cfg.preset})
 
     from app.served import query_sheet, served_eval
 
@@ -66,7 +66,20 @@ def cmd_demo(args) -> int:
     print_table(table, title="[search] metric   torch   served (bundle + Qdrant + CIRSearch)   diff")
     png, page = query_sheet(val_split, tops, work)
     print(f"[done] pictures of a few queries: {png} and {page}")
+    print(f"[serve] try it in a browser (search page and HTTP API): {serve_command(work, data)}")
     return 0
+
+
+def serve_command(work: Path, data: Path) -> str:
+    """The one command that serves the demo collection and opens its search page."""
+    import os
+    import shlex
+
+    exe = Path(sys.executable).parent / "dqe-cir"
+    prog = os.path.relpath(exe) if exe.is_file() else "dqe-cir"
+    args = [prog, "serve", "--bundle", work / "bundle", "--qdrant-path", work / "qdrant", "--collection",
+            "synthetic-val", "--catalog-root", data, "--open"]
+    return " ".join(shlex.quote(str(a)) for a in args) + "   (then http://127.0.0.1:8000/)"
 
 
 def register(sub, needs: dict) -> None:

@@ -1,5 +1,6 @@
-"""The serving-side commands: `dqe-cir index` (in-process or through Celery workers), `dqe-cir search`
-and `dqe-cir doctor`. No torch; handlers import what they need when they run."""
+"""The serving-side commands: `dqe-cir index` (in-process or through Celery workers), `dqe-cir search`,
+`dqe-cir doctor` and `dqe-cir serve` (the HTTP service and web page). No torch; handlers import what they
+need when they run."""
 
 from __future__ import annotations
 
@@ -9,56 +10,52 @@ import sys
 
 def cmd_index(args) -> int:
     from indexer.errors import IndexerError
-    from indexer.settings import load_settings, qdrant_client, release_client, with_overrides
+    from indexer.report import SwapPolicy, parse_share
+    from indexer.run import run_index, run_rollback
+    from indexer.settings import load_settings, with_overrides
+    from plugin.store import parse_payload_indexes
 
     settings = with_overrides(load_settings(), args.bundle, args.qdrant_path)
     if args.rollback:
-        from indexer.jobs import rollback
-
-        client = qdrant_client(settings)
-        try:
-            old, new = rollback(client, args.collection)
-        finally:
-            release_client(settings, client)
+        old, new = run_rollback(settings, args.collection)
         print(f"alias {args.collection!r}: {old} -> {new}")
         return 0
     if not args.catalog:
         raise IndexerError("--catalog is required (a folder of images, or a .jsonl/.csv manifest)")
-    indexes = dict(item.split("=", 1) for item in (args.payload_index or []))
+    policy = SwapPolicy(max_failed=parse_share(args.max_failed), keep=args.keep, keep_failed=args.keep_failed)
     use_workers = args.workers == "celery" or (args.workers == "auto" and settings.broker_configured)
-    if use_workers:
-        from indexer.distributed import index_with_workers
+    try:
+        report = run_index(settings, args.catalog, args.collection, workers=use_workers, incremental=args.incremental,
+                           chunk_size=args.chunk_size, payload_indexes=parse_payload_indexes(args.payload_index),
+                           storage=args.storage, policy=policy, progress=not args.quiet, timeout=args.timeout)
+    except IndexerError as e:
+        if e.report is None:
+            raise
+        _print_report(e.report, args)  # the job ran but did not go live: the report says why
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_report(report, args)
+    return 0
 
-        report = index_with_workers(args.catalog, args.collection, settings, incremental=args.incremental,
-                                    chunk_size=args.chunk_size, payload_indexes=indexes, progress=not args.quiet,
-                                    timeout=args.timeout, storage=args.storage)
-    else:
-        from encoder import Encoder
-        from indexer.jobs import index_catalog
 
-        client = qdrant_client(settings)
-        try:
-            report = index_catalog(client, Encoder(settings.bundle), args.catalog, args.collection,
-                                   incremental=args.incremental, chunk_size=args.chunk_size,
-                                   payload_indexes=indexes, allow_http=settings.allow_http, progress=not args.quiet,
-                                   storage=args.storage)
-        finally:
-            release_client(settings, client)
-    summary = report.to_dict()
+def _print_report(report, args) -> None:
     if args.failures:
         with open(args.failures, "w") as f:
             json.dump(report.failed, f, indent=1)
     if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{report.mode} index of {report.total} items into {report.collection} (alias {report.alias!r}): "
-              f"{report.indexed} indexed, {report.unchanged} unchanged, {report.deleted} deleted, "
-              f"{len(report.failed)} failed in {report.seconds:.1f}s")
-        for f in report.failed[:10]:
-            print(f"  failed {f['item_id']}: {f['reason']}", file=sys.stderr)
-        if len(report.failed) > 10:
-            print(f"  ... {len(report.failed) - 10} more (--failures FILE writes them all)", file=sys.stderr)
-    return 0
+        print(json.dumps(report.to_dict()))
+        return
+    print(f"{report.mode} index of {report.total} items into {report.collection} (alias {report.alias!r}): "
+          f"{report.indexed} indexed, {report.unchanged} unchanged, {report.deleted} deleted, "
+          f"{len(report.failed)} failed in {report.seconds:.1f}s")
+    if report.pruned:
+        print(f"  removed older versions: {', '.join(report.pruned)}")
+    for c in report.lost_chunks:
+        print(f"  lost {c}", file=sys.stderr)
+    for f in report.failed[:10]:
+        print(f"  failed {f['item_id']}: {f['reason']}", file=sys.stderr)
+    if len(report.failed) > 10:
+        print(f"  ... {len(report.failed) - 10} more (--failures FILE writes them all)", file=sys.stderr)
 
 
 def register_index(sub) -> None:
@@ -68,7 +65,8 @@ def register_index(sub) -> None:
     p.add_argument("--bundle", help="model bundle (default: $DQE_CIR_BUNDLE)")
     p.add_argument("--qdrant-path", help="local-mode folder (default: $QDRANT_PATH, or $QDRANT_URL for a server)")
     p.add_argument("--incremental", action="store_true", help="only new or changed items; delete removed ones")
-    p.add_argument("--rollback", action="store_true", help="point the alias back at the previous version")
+    p.add_argument("--rollback", action="store_true",
+                   help="point the alias back at the newest complete older version")
     p.add_argument("--workers", choices=["auto", "celery", "none"], default="auto",
                    help="auto: Celery workers when CELERY_BROKER_URL is set, else in-process")
     p.add_argument("--chunk-size", type=int, default=32)
@@ -76,7 +74,15 @@ def register_index(sub) -> None:
                    help="payload index for filtering (keyword, integer, float, bool, text, datetime)")
     p.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="vector storage: fp32, float16 (half the RAM), int8 scalar quantisation")
-    p.add_argument("--timeout", type=float, default=None, help="give up waiting for workers after this many s")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for the workers' chunks (default: the visibility timeout plus one task time "
+                        "limit per chunk); chunks not done by then are reported as lost")
+    p.add_argument("--max-failed", default="1%",
+                   help="largest share of failed items that still switches the alias (default 1%%; 0.05 or 5%%)")
+    p.add_argument("--keep", type=int, default=2,
+                   help="complete versions kept after a successful switch, the live one included (default 2)")
+    p.add_argument("--keep-failed", action="store_true",
+                   help="keep a build that was refused (state failed) instead of deleting it")
     p.add_argument("--failures", help="write the failure report (JSON) here")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -93,7 +99,7 @@ def cmd_search(args) -> int:
     client = qdrant_client(settings)
     try:
         search = CIRSearch(client, args.collection, bundle=args.bundle or settings.bundle,
-                           catalog_root=args.catalog_root)
+                           catalog_root=args.catalog_root, allow_http=settings.allow_http)
         image = ItemRef(args.item) if args.item else args.image
         if image is None:
             raise SearchError("give --image PATH or --item ID (a catalog item as the reference)")
@@ -155,7 +161,72 @@ def register_doctor(sub) -> None:
     p.set_defaults(func=cmd_doctor)
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    import uvicorn
+
+    from app.service_settings import ConfigError, config_from_env
+    from encoder.bundle import read_bundle
+
+    try:
+        config = config_from_env(bundle=args.bundle, qdrant_path=args.qdrant_path, collection=args.collection,
+                                 catalog_root=args.catalog_root, max_upload_mb=args.max_upload_mb,
+                                 cors_origins=args.cors_origin, concurrency=args.concurrency)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    read_bundle(config.bundle)  # a missing or broken bundle stops here; a missing collection only delays /readyz
+    if args.workers > 1 and config.local_mode:
+        print("error: --workers above 1 needs a Qdrant server (QDRANT_URL): a local-mode folder (QDRANT_PATH) "
+              "is locked by one process", file=sys.stderr)
+        return 2
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
+    where = config.settings.qdrant_url or f"local folder {config.settings.qdrant_path}"
+    print(f"[serve] collection {config.collection!r} on {where}, bundle {config.bundle}, {args.workers} worker(s); "
+          f"open {url}", flush=True)
+    if args.open:
+        import threading
+        import webbrowser
+
+        threading.Timer(2.0, webbrowser.open, args=(url,)).start()
+    if args.workers == 1:
+        from app.service import create_app
+
+        uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    import tempfile
+
+    os.environ.update(config.env())  # the worker processes read their config from the environment
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dqe-cir-metrics-"))
+    uvicorn.run("app.service:app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port,
+                log_level=args.log_level)
+    return 0
+
+
+def register_serve(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP search service and web page (FastAPI + uvicorn) over one collection")
+    p.add_argument("--collection", help="the alias to serve (default: $DQE_CIR_COLLECTION, else catalog)")
+    p.add_argument("--bundle", help="model bundle (default: $DQE_CIR_BUNDLE)")
+    p.add_argument("--qdrant-path", help="local-mode folder (default: $QDRANT_URL, else $QDRANT_PATH)")
+    p.add_argument("--catalog-root", help="folder the indexed uris are relative to; images are served from it "
+                                          "(default: $DQE_CIR_CATALOG_ROOT)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface (in a container)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes, each with its own encoder; above 1 needs a Qdrant server")
+    p.add_argument("--concurrency", type=int, help="searches one worker runs at once (default 4)")
+    p.add_argument("--max-upload-mb", type=float, help="largest uploaded image (default: $DQE_CIR_MAX_UPLOAD_MB or 10)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="allow browser calls from this origin (default: $DQE_CIR_CORS_ORIGINS; off when unset)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--open", action="store_true", help="open the page in a web browser once started")
+    p.set_defaults(func=cmd_serve)
+
+
 SERVE_EXTRA = ("serve", ("onnxruntime", "qdrant_client", "celery", "redis"))
+API_EXTRA = ("serve,api", ("onnxruntime", "qdrant_client", "fastapi", "uvicorn", "python_multipart",
+                           "prometheus_client"))
 
 
 def register(sub, needs: dict) -> None:
@@ -163,4 +234,5 @@ def register(sub, needs: dict) -> None:
     register_index(sub)
     register_search(sub)
     register_doctor(sub)
-    needs.update(index=SERVE_EXTRA, search=SERVE_EXTRA, doctor=SERVE_EXTRA)
+    register_serve(sub)
+    needs.update(index=SERVE_EXTRA, search=SERVE_EXTRA, doctor=SERVE_EXTRA, serve=API_EXTRA)

@@ -1,0 +1,223 @@
+"""Load test of `dqe-cir serve` on 127.0.0.1: a bounded number of composed queries (item id + caption of
+the synthetic val split), a fixed number in flight, against a server-less setup (local-mode Qdrant).
+
+    python benchmarks/service_load.py --workdir runs/demo-quick --size small --requests 500 --concurrency 16
+
+--workdir is a `dqe-cir demo [--quick] --workdir DIR` folder (bundle, qdrant with alias synthetic-val,
+synth-{size}-0). The server runs as its own process (`python -m app serve`); the load stops after
+--requests requests or --max-seconds, whichever comes first. Writes docs/benchmarks/service.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_name  # noqa: E402
+
+HOST = "127.0.0.1"  # the only address this script talks to
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with code {proc.returncode}")
+        try:
+            if get(port, "/readyz", 2.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server did not become ready")
+
+
+def queries(catalog_root: Path) -> list[dict]:
+    """(reference item id, caption) pairs of the val split's captions file."""
+    files = sorted((catalog_root / "captions").glob("cap.*val.json"))
+    if not files:
+        raise SystemExit(f"no captions/cap.*val.json under {catalog_root}")
+    return [{"item_id": q["reference"], "text": q["caption"]} for q in json.loads(files[0].read_text())]
+
+
+def run_load(port: int, bodies: list[dict], n: int, concurrency: int, max_seconds: float) -> dict:
+    """n POST /v1/search, `concurrency` in flight (one keep-alive connection each), stopped at max_seconds."""
+    counter, lock = itertools.count(), threading.Lock()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    deadline = time.monotonic() + max_seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(counter)
+            if i >= n:
+                break
+            body = json.dumps(bodies[i % len(bodies)]).encode()
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/search", body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                outcome = None if resp.status == 200 else f"HTTP {resp.status}"
+            except (OSError, http.client.HTTPException) as e:
+                outcome = type(e).__name__
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+            elapsed = time.perf_counter() - start
+            with lock:
+                if outcome:
+                    errors[outcome] = errors.get(outcome, 0) + 1
+                else:
+                    latencies.append(elapsed)
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    done = len(latencies) + sum(errors.values())
+    return {"requests": done, "ok": len(latencies), "errors": errors, "seconds": wall,
+            "throughput": done / wall, **{f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)},
+            "max": float(ms.max()), "mean": float(ms.mean())}
+
+
+def stage_totals(port: int) -> dict[str, float]:
+    """The server's compose and search (Qdrant) histograms: total seconds and count of each."""
+    totals = {}
+    for line in get(port, "/metrics")[1].decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(("dqe_cir_compose_seconds_", "dqe_cir_search_seconds_")):
+            totals[name] = float(value)
+    return totals
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per query of each stage between two `stage_totals`."""
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    return {stage: 1000 * delta(f"dqe_cir_{stage}_seconds_sum") / max(1.0, delta(f"dqe_cir_{stage}_seconds_count"))
+            for stage in ("compose", "search")}
+
+
+def busy_note(load_before: str) -> str:
+    load = float(load_before.split()[0])
+    if load <= (os.cpu_count() or 1):
+        return ""
+    return (f"The machine was shared: a load average of {load:.1f} on {os.cpu_count()} cores before the run "
+            "means other jobs held most of the CPU, so read these numbers as a floor.\n")
+
+
+def report(args, result: dict, stages: dict, command: str) -> str:
+    errors = sum(result["errors"].values())
+    return f"""# Search service under load (`dqe-cir serve`)
+
+Command: `{command}`
+Machine: {cpu_name()}, {os.cpu_count()} cores; one uvicorn worker process (local-mode Qdrant allows one),
+server concurrency {args.server_concurrency} (searches at once); load average before the run {args.load_before}.
+Setup: `dqe-cir demo --quick` (synthetic small val split, {args.points} items, exact MaxSim in local mode),
+the quick demo's fine-tuned bundle on CPU onnxruntime. Load: {result['requests']} `POST /v1/search` requests
+(item id + caption of a val query, k={args.k}, explain={str(args.explain).lower()}), {args.concurrency} in flight,
+keep-alive connections, client and server on the same 2-core machine (the client takes some of the CPU).
+
+| requests | errors | wall s | req/s | p50 ms | p95 ms | p99 ms | max ms | server compose ms | server search ms |
+|---|---|---|---|---|---|---|---|---|---|
+| {result['requests']} | {errors} | {result['seconds']:.1f} | {result['throughput']:.1f} | {result['p50']:.0f} | \
+{result['p95']:.0f} | {result['p99']:.0f} | {result['max']:.0f} | {stages['compose']:.1f} | {stages['search']:.1f} |
+
+Latency is per request as the client sees it: with {args.concurrency} in flight, most of it is waiting for
+a turn; compose and search are the server's mean time per query in each stage (its /metrics histograms).
+{busy_note(args.load_before)}
+## Workers
+
+- One encoder per uvicorn worker process (`dqe-cir serve --workers N`): each loads the bundle's ONNX
+  sessions once. Set `DQE_CIR_THREADS` so that workers x threads is about the number of cores (or one worker
+  per GPU with `DQE_CIR_PROVIDERS=CUDAExecutionProvider`).
+- Local mode (`QDRANT_PATH`, what this run used) is one process: the folder is locked, so `--workers` above
+  1 is refused and the exact search runs in Python. More than one worker, more than one machine, or more
+  than about 20k items (docs/benchmarks/search.md): run a Qdrant server (`QDRANT_URL`, docker-compose's
+  `qdrant`) and scale `api` workers or replicas; each worker keeps its own metrics and /metrics adds them up
+  (PROMETHEUS_MULTIPROC_DIR, set by `dqe-cir serve`).
+- Within a worker, `--concurrency` (default 4) bounds the searches that run at once; the rest queue.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--size", default="demo", choices=["small", "demo", "large"])
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--server-concurrency", type=int, default=4)
+    ap.add_argument("-k", dest="k", type=int, default=10)
+    ap.add_argument("--explain", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "service.md"))
+    args = ap.parse_args()
+    if not 0 < args.requests <= 100_000 or not 0 < args.concurrency <= 256:
+        raise SystemExit("--requests must be in 1..100000 and --concurrency in 1..256")
+    work = Path(args.workdir)
+    root = work / f"synth-{args.size}-0"
+    bodies = [{**q, "k": args.k, "explain": args.explain} for q in queries(root)]
+    port = free_port()
+    cmd = [sys.executable, "-m", "app", "serve", "--bundle", str(work / "bundle"),
+           "--qdrant-path", str(work / "qdrant"), "--collection", "synthetic-val", "--catalog-root", str(root),
+           "--host", HOST, "--port", str(port),
+           "--concurrency", str(args.server_concurrency), "--log-level", "warning"]
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        wait_ready(port, proc)
+        args.points = json.loads(get(port, "/v1/info")[1])["points"]
+        run_load(port, bodies, min(20, args.requests), min(4, args.concurrency), 60)  # warm-up, not reported
+        before = stage_totals(port)
+        result = run_load(port, bodies, args.requests, args.concurrency, args.max_seconds)
+        stages = stage_means(before, stage_totals(port))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print(json.dumps({**result, "server_ms": stages}, indent=1))
+    command = "python benchmarks/service_load.py " + " ".join(sys.argv[1:])
+    Path(args.out).write_text(report(args, result, stages, command))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
