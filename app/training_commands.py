@@ -6,9 +6,11 @@ install (no torch) still builds the parser and runs its own commands.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from pathlib import Path
+
+from training.cli import add_train_args
 
 TRAIN_EXTRA = ("train", ("torch", "transformers"))
 EXPORT_EXTRA = ("train", ("torch", "transformers", "onnx", "onnxruntime"))
@@ -71,27 +73,24 @@ def cmd_data_oracle(args) -> int:
 
 
 # --- training -----------------------------------------------------------------------------
-def _train_overrides(args) -> dict:
-    over = {k: getattr(args, k) for k in ("data", "root", "out", "model", "init", "loss", "negatives", "epochs",
-                                           "batch_size", "lr", "max_minutes", "max_steps", "seed", "eval_every")}
-    if args.train_minutes is not None:
-        over["max_minutes"] = args.train_minutes
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        try:
-            over[key] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key] = value
-    return over
-
-
 def cmd_train(args, task: str = "cir") -> int:
-    from training.train import load_train_config, train
+    import os
 
-    over = _train_overrides(args)
+    from training.cli import print_dry_run, train_overrides
+    from training.config import load_train_config
+
+    over = train_overrides(args)
     over["task"] = task
-    over["progress"] = not args.quiet
-    cfg = load_train_config(args.config, **over)
+    cfg = load_train_config(args.recipe or args.config, **over)
+    if args.dry_run:
+        print_dry_run(cfg, args)
+        return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("error: `dqe-cir train` is one process; for several GPUs run: torchrun --nproc-per-node N "
+              "-m training train [the same flags]", file=sys.stderr)
+        return 2
+    from training.train import train
+
     result = train(cfg, resume=not args.restart)
     print(json.dumps(result))
     return 0
@@ -99,10 +98,10 @@ def cmd_train(args, task: str = "cir") -> int:
 
 def cmd_eval(args) -> int:
     from encoder.fusion import parse_weights
+    from training.checkpoint import load_checkpoint
     from training.cir_data import load_cir_data
-    from training.evaluate import evaluate
-    from training.metrics import write_cirr_submission
-    from training.train import load_checkpoint
+    from training.evaluate import circo_rankings, evaluate
+    from training.metrics import write_circo_submission, write_cirr_submission
 
     weights = parse_weights(args.weights)
     if args.served:
@@ -119,10 +118,16 @@ def cmd_eval(args) -> int:
             print(f"max abs difference: {out['max_abs_diff']:.2f} points")
         return 0
     model, tok, _ = load_checkpoint(args.checkpoint)
-    data = load_cir_data(args.data, args.root, args.split, model.cfg.image_size, not args.json, args.max_queries)
+    data = load_cir_data(args.data, args.root, args.split, model.cfg.image_size, not args.json, args.max_queries,
+                         images=args.images, circo_text=args.circo_text)
     result = evaluate(model, tok, data, weights_override=weights)
-    if args.submission:
-        names = data.names
+    names = data.names
+    if args.submission and args.data == "circo":
+        ranked = [[int(names[j]) for j in row] for row in circo_rankings(data, result.scores)]
+        path = write_circo_submission(Path(args.submission) / f"circo_{args.split}_submission.json", data.pairids,
+                                      ranked)
+        print(f"wrote {path}", file=sys.stderr)
+    elif args.submission:
         paths = write_cirr_submission(args.submission, data.pairids, result.scores, names,
                                       [names[r] for r in data.ref], [[names[m] for m in mem] for mem in data.members])
         print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
@@ -138,36 +143,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from training.checkpoint import load_checkpoint
     from training.export import export_bundle
-    from training.train import load_checkpoint
 
     model, tok, _ = load_checkpoint(args.checkpoint)
     export_bundle(model, tok, args.out, opset=args.opset, fp16=args.fp16,
                   source={"checkpoint": str(args.checkpoint), "preset": model.cfg.preset})
     return 0
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
-    p.add_argument("--data", choices=["synth", "cirr", "fashioniq"])
-    p.add_argument("--root", help="data root (CIRR layout for synth/cirr, FashionIQ layout)")
-    p.add_argument("--out", help="run folder: last.pt, metrics.jsonl")
-    p.add_argument("--model", choices=["tiny", "demo", "blip2"])
-    p.add_argument("--init", help="start from this checkpoint's weights")
-    p.add_argument("--loss", choices=["contrastive", "pairwise"])
-    p.add_argument("--negatives", choices=["random", "trns"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-minutes", type=float,
-                   help="time budget: warm-up and cosine decay are laid over it (from the measured step time)")
-    p.add_argument("--train-minutes", type=float, help="alias of --max-minutes")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", metavar="KEY=JSON", help="any other TrainConfig field")
-    p.add_argument("--restart", action="store_true", help="ignore <out>/last.pt instead of resuming")
-    p.add_argument("--quiet", action="store_true")
 
 
 def register(sub, needs: dict) -> None:
@@ -195,19 +177,25 @@ def register(sub, needs: dict) -> None:
     needs["data"] = DATA_EXTRA
 
     p = sub.add_parser("pretrain", help="image-caption contrastive pretraining (synthetic scene captions)")
-    _add_train_args(p)
+    add_train_args(p)
     p.set_defaults(func=lambda a: cmd_train(a, "caption"))
-    p = sub.add_parser("train", help="fine-tune DQE-CIR for composed retrieval")
-    _add_train_args(p)
+    p = sub.add_parser("train", help="fine-tune DQE-CIR for composed retrieval (one process; several GPUs: "
+                                     "torchrun --nproc-per-node N -m training train ...)")
+    add_train_args(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint with the benchmark's protocol")
     p.add_argument("checkpoint")
-    p.add_argument("--data", choices=["synth", "cirr", "fashioniq"], default="synth")
+    p.add_argument("--data", choices=["synth", "cirr", "fashioniq", "circo"], default="synth")
     p.add_argument("--root", default="runs/demo/synth-demo-0")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="val; CIRR's test split is test1, CIRCO's test")
+    p.add_argument("--images", help="CIRCO: the COCO 2017 unlabeled images (default <root>/COCO2017_unlabeled/"
+                                    "unlabeled2017)")
+    p.add_argument("--circo-text", choices=["caption", "concept"], default="caption",
+                   help="CIRCO query text: the relative caption, or '<shared concept> that <caption>'")
     p.add_argument("--max-queries", type=int)
     p.add_argument("--weights", action="append", metavar="ATTR=W", help="override attribute weights, e.g. color=2")
-    p.add_argument("--submission", help="write the CIRR test-server files into this folder")
+    p.add_argument("--submission", help="write the test-server files into this folder (CIRR: two files, "
+                                        "CIRCO: circo_<split>_submission.json)")
     p.add_argument("--served", action="store_true",
                    help="also score through the real path: bundle + local-mode Qdrant + CIRSearch")
     p.add_argument("--bundle", help="with --served: use this bundle instead of exporting the checkpoint")

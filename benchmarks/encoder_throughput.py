@@ -93,7 +93,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     log = print
     rows = []
-    shipped = ROOT / "models" / "demo" / "dqe-cir-demo.pt"
+    shipped = ROOT / "models" / "demo" / "dqe-cir-demo.safetensors"
     if shipped.is_file():
         model, tok, _ = load_checkpoint(shipped)
     else:

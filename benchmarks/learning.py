@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
 
     from training.cir_data import load_cir_data
     from training.synth import ensure_synth
-    from training.train import load_checkpoint, load_train_config, train
+    from training.train import LAST, load_checkpoint, load_train_config, train
 
     ensure_synth(DATA, "demo", 0)
     over = {}
@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
     t0 = time.time()
     result = train(cfg, resume=False)
     minutes = (time.time() - t0) / 60
-    model, tok, _ = load_checkpoint(out / "last.pt")
+    model, tok, _ = load_checkpoint(out / LAST)
     size = model.cfg.image_size
     val = score(model, tok, load_cir_data("synth", DATA, "val", size, progress=False))
     trn = score(model, tok, load_cir_data("synth", DATA, "train", size, progress=False, max_queries=1000))

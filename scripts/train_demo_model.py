@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from training.cir_data import load_cir_data  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.synth import ensure_synth  # noqa: E402
-from training.train import load_checkpoint, load_train_config, save_checkpoint, train  # noqa: E402
+from training.train import LAST, load_checkpoint, load_train_config, save_checkpoint, train  # noqa: E402
 
 RECIPE = ROOT / "training" / "recipes" / "demo.json"
 OUT = ROOT / "models" / "demo"
@@ -50,19 +50,20 @@ def architecture(c) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--wall-minutes", type=float, help="training wall time, when it ran outside this script")
-    ap.add_argument("--no-train", action="store_true", help="ship the run's last.pt as it is (no resume)")
+    ap.add_argument("--no-train", action="store_true", help="ship the run's last checkpoint as it is (no resume)")
     args = ap.parse_args()
     cfg = load_train_config(RECIPE, progress=True)
     ensure_synth(Path(cfg.root), "demo", 0)
     t0 = time.time()
     result = {} if args.no_train else train(cfg)
     minutes = args.wall_minutes or (time.time() - t0) / 60
-    model, tok, payload = load_checkpoint(Path(cfg.out) / "last.pt")
+    model, tok, payload = load_checkpoint(Path(cfg.out) / LAST)
     val = load_cir_data("synth", cfg.root, "val", model.cfg.image_size, progress=False)
     metrics = evaluate(model, tok, val).metrics
     OUT.mkdir(parents=True, exist_ok=True)
-    ckpt = OUT / "dqe-cir-demo.pt"
-    save_checkpoint(ckpt, model, tok, {"train_config": payload["train_config"], "step": payload["step"]}, half=True)
+    ckpt = OUT / "dqe-cir-demo.safetensors"
+    save_checkpoint(ckpt, model, tok, {"train_config": payload["train_config"], "step": payload["step"],
+                                       "epoch": payload["epoch"]}, half=True)
     shipped, tok2, _ = load_checkpoint(ckpt)  # the fp16 copy is what users get: score it too
     shipped_metrics = evaluate(shipped, tok2, val).metrics
     n_params = sum(p.numel() for p in model.parameters())
@@ -74,7 +75,7 @@ benchmark. It is what `make demo` starts from; it knows nothing about real photo
 
 | | |
 |---|---|
-| file | `dqe-cir-demo.pt` ({ckpt.stat().st_size / 1e6:.1f} MB, fp16 weights, {n_params / 1e6:.2f}M parameters) |
+| file | `{ckpt.name}` ({ckpt.stat().st_size / 1e6:.1f} MB, fp16 weights, {n_params / 1e6:.2f}M parameters) |
 | architecture | {architecture(model.cfg)} |
 | data | `dqe-cir data synth --size demo --seed 0` (train split, 5,000 pairs) |
 | recipe | `training/recipes/demo.json` |
@@ -85,7 +86,7 @@ benchmark. It is what `make demo` starts from; it knows nothing about real photo
 | machine | {machine()} |
 | code | commit {commit.strip() or 'unknown'} |
 
-## Metrics on the synthetic demo val split (`dqe-cir eval models/demo/dqe-cir-demo.pt`)
+## Metrics on the synthetic demo val split (`dqe-cir eval models/demo/dqe-cir-demo.safetensors`)
 
 CIRR protocol (reference removed; Rs@K over the 5 img_set members that are not the reference).
 

@@ -31,7 +31,7 @@ def tiny_trained(synth_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     train(TrainConfig(root=str(synth_small), out=str(out), model="tiny", max_steps=30, epochs=2, batch_size=32,
                       lr=1e-3, warmup_steps=5, img_set_negatives=1, eval_every=0, progress=False))
-    return out / "last.pt"
+    return out / "last.safetensors"
 
 
 @pytest.fixture(scope="session")

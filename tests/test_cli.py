@@ -35,3 +35,15 @@ def test_bad_root_is_a_clear_error(tmp_path):
     r = run_cli("data", "oracle", "--root", str(tmp_path))
     assert r.returncode == 2
     assert "error:" in r.stderr and "captions" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_is_one_process_and_says_how_to_use_several(monkeypatch, capsys, tmp_path):
+    """Under torchrun, `dqe-cir train` would run N unrelated copies: it points at `-m training` instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--model", "tiny", "--out", str(tmp_path / "run")]) == 2
+    assert "torchrun --nproc-per-node N -m training train" in capsys.readouterr().err
+
+
+def test_python_m_training_help_lists_the_train_flags():
+    r = subprocess.run([sys.executable, "-m", "training", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--recipe" in r.stdout and "--pretrained" in r.stdout and "--stop-after" in r.stdout

@@ -102,3 +102,42 @@ def test_record_naming_an_unknown_image(tmp_path):
     _write_cirr(tmp_path, [_record(target_hard="zzz")])
     with pytest.raises(TrainingError, match="names image 'zzz'"):
         load_cirr(tmp_path, "val")
+
+
+def test_real_fashioniq_queries_point_into_their_own_category():
+    """121 val images are listed under both shirt and toptee: each category keeps its own copy, and
+    every query's target and reference are in its category's gallery block (the protocol needs it)."""
+    from training.cir_data import load_cir_data, negative_pools
+
+    data = load_cir_data("fashioniq", shared_data("fashioniq"), "val", 224, progress=False, lazy=True)
+    assert len(data.ref) == 6016
+    assert (data.group[data.tgt] == data.query_group).all()
+    assert (data.group[data.ref] == data.query_group).all()
+    pools = negative_pools(data)  # METHOD.md: the category's (here val) targets
+    for g, pool in enumerate(pools.pools):
+        assert (data.group[pool] == g).all() and set(data.tgt[data.query_group == g]) == set(pool.tolist())
+
+
+def test_circo_loader_takes_the_image_folder_and_the_annotations(tmp_path):
+    from tests.cir_layouts import circo
+    from training.cir_data import load_cir_data
+
+    root = circo(tmp_path / "circo", shared_data("circo"), queries=4)
+    val = load_cir_data("circo", root, "val", 32)
+    assert val.kind == "circo" and len(val.ref) == 4 and val.pixels[[0]].shape == (1, 32, 32, 3)
+    first = json.loads((shared_data("circo") / "annotations" / "val.json").read_text())[0]
+    assert val.names[val.ref[0]] == str(first["reference_img_id"]) and val.texts[0] == first["relative_caption"]
+    assert [val.names[j] for j in val.positives[0]] == [str(x) for x in first["gt_img_ids"]]
+    concept = load_cir_data("circo", root, "val", 32, circo_text="concept").texts[0]
+    assert concept == f"{first['shared_concept']} that {first['relative_caption']}"
+    test = load_cir_data("circo", root, "test", 32)
+    assert (test.tgt == -1).all() and test.positives is None
+    moved = tmp_path / "elsewhere"
+    (root / "COCO2017_unlabeled" / "unlabeled2017").rename(moved)
+    assert len(load_cir_data("circo", root, "val", 32, images=moved).names) == len(val.names)  # no image_info: *.jpg
+    victim = moved / f"{first['reference_img_id']:012d}.jpg"
+    victim.unlink()
+    with pytest.raises(TrainingError, match="not in the gallery"):
+        load_cir_data("circo", root, "val", 32, images=moved)
+    with pytest.raises(TrainingError, match="COCO 2017 unlabeled"):
+        load_cir_data("circo", root, "val", 32, images=tmp_path / "nothing")

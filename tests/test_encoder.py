@@ -212,7 +212,7 @@ def test_shipped_demo_model_top10_identical(synth_small, tmp_path):
     identical top-10 rankings on a synthetic val split."""
     from training.export import export_bundle
 
-    model, tok, _ = load_checkpoint(ROOT / "models" / "demo" / "dqe-cir-demo.pt")
+    model, tok, _ = load_checkpoint(ROOT / "models" / "demo" / "dqe-cir-demo.safetensors")
     report = export_bundle(model, tok, tmp_path / "b", log=lambda *_: None)
     assert max(report.values()) < 1e-4
     data = load_cir_data("synth", synth_small, "val", model.cfg.image_size, progress=False)

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from training.cir_data import load_cir_data
@@ -68,3 +69,37 @@ def test_eval_fashioniq_protocol(tiny_trained, tmp_path):
     for cat in ("dress", "shirt", "toptee"):
         assert m[f"{cat}/R@10"] >= 0 and m[f"{cat}/R@50"] == 100.0  # 12 images per gallery
     assert m["mean/R@50"] == 100.0 and "Avg" in m
+
+
+def test_eval_circo_val_map_and_test_submission(tiny_trained, tmp_path, capsys):
+    """`dqe-cir eval --data circo`: mAP@5/10/25/50 on val (checked against a hand computation), the
+    server's JSON on test; the gallery is a COCO-style folder, the annotations CIRCO's own records."""
+    from app.cli import main
+    from tests.cir_layouts import circo
+    from tests.conftest import shared_data
+
+    root = circo(tmp_path / "circo", shared_data("circo"), queries=5)
+    assert main(["eval", str(tiny_trained), "--data", "circo", "--root", str(root), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert set(m) == {"mAP@5", "mAP@10", "mAP@25", "mAP@50"}
+    model, tok, _ = load_checkpoint(tiny_trained)
+    data = load_cir_data("circo", root, "val", model.cfg.image_size)
+    scores = evaluate(model, tok, data).scores
+    for k in (5, 10, 25, 50):
+        aps = []
+        for i in range(len(data.ref)):
+            order = [j for j in np.argsort(-scores[i], kind="stable") if j != data.ref[i]][:k]
+            gt = set(data.positives[i])
+            hits = np.cumsum([j in gt for j in order])
+            aps.append(sum(hits[r] / (r + 1) for r, j in enumerate(order) if j in gt) / min(k, len(gt)))
+        assert m[f"mAP@{k}"] == pytest.approx(100 * np.mean(aps))
+    assert main(["eval", str(tiny_trained), "--data", "circo", "--root", str(root), "--split", "test",
+                 "--submission", str(tmp_path / "sub")]) == 0
+    sub = json.loads((tmp_path / "sub" / "circo_test_submission.json").read_text())
+    test = json.loads((root / "annotations" / "test.json").read_text())
+    n_gallery = len(json.loads((root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json")
+                               .read_text())["images"])
+    assert list(sub) == [str(q["id"]) for q in test]
+    for q in test:
+        ids = sub[str(q["id"])]
+        assert len(ids) == min(50, n_gallery - 1) and q["reference_img_id"] not in ids and len(set(ids)) == len(ids)

@@ -100,12 +100,12 @@ def test_train_only_install_runs_the_training_commands(synth_small, tmp_path):
                  "--batch-size", "8", "--eval-every", "0", "--set", "eval_max_queries=10", "--quiet")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
-    r = run_with(TRAIN_ONLY, "eval", run / "last.pt", "--root", synth_small, "--max-queries", "20", "--json")
+    r = run_with(TRAIN_ONLY, "eval", run / "last.safetensors", "--root", synth_small, "--max-queries", "20", "--json")
     assert r.returncode == 0 and "R@10" in json.loads(r.stdout), r.stderr
-    r = run_with(TRAIN_ONLY, "export", run / "last.pt", "--out", tmp_path / "bundle")
+    r = run_with(TRAIN_ONLY, "export", run / "last.safetensors", "--out", tmp_path / "bundle")
     assert r.returncode == 0 and (tmp_path / "bundle" / "bundle.json").is_file(), r.stderr
     for argv in (["index", "--catalog", synth_small / "val"], ["search", "--text", "red", "--item", "x"],
-                 ["doctor"], ["eval", run / "last.pt", "--root", synth_small, "--served"]):
+                 ["doctor"], ["eval", run / "last.safetensors", "--root", synth_small, "--served"]):
         r = run_with(TRAIN_ONLY, *argv)
         assert r.returncode == 2, (argv, r.stderr)
         assert "extra" in r.stderr and "pip install 'dqe-cir-search[" in r.stderr and "serve" in r.stderr

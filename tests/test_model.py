@@ -88,3 +88,19 @@ def test_maxsim_is_max_over_tokens():
     q = torch.tensor([[1.0, 0.0]])
     tokens = torch.tensor([[[0.0, 1.0], [0.6, 0.8]], [[-1.0, 0.0], [0.0, -1.0]]])
     assert torch.allclose(maxsim(q, tokens), torch.tensor([[0.6, 0.0]]))
+
+
+def test_pretrained_tokenizer_from_vocab_txt_when_there_is_no_tokenizer_json(tmp_path):
+    """Some BLIP-2 folders ship the BERT vocab.txt and tokenizer_config.json only."""
+    import json
+
+    from training.model import pretrained_tokenizer
+
+    vocab = build_tokenizer().get_vocab()
+    (tmp_path / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer",
+                                                                "do_lower_case": True}))
+    text = "Make the red circle blue"
+    assert pretrained_tokenizer(tmp_path).encode(text).ids == build_tokenizer().encode(text).ids
+    with pytest.raises(TrainingError, match="no tokenizer.json"):
+        pretrained_tokenizer(tmp_path / "empty")

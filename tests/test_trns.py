@@ -8,6 +8,7 @@ from training.trns import (
     delta_scores,
     exclusion_mask,
     mid_zone_negatives,
+    mine_mid_zones,
     random_negatives,
     rebuild_epochs,
 )
@@ -70,16 +71,60 @@ def test_sampler_draws_without_replacement_until_exhausted():
     assert s.draw(np.array([1, 1])).tolist() == [7, 7]
 
 
-def test_random_negatives_never_the_target():
+@pytest.mark.parametrize("chunk", [1, 5, 12, 100])
+@pytest.mark.parametrize("bounds,low,high", [("quantile", 0.1, 0.4), ("absolute", 0.05, 0.3), ("absolute", 5, 6)])
+def test_chunked_float32_mining_gives_the_same_negatives_as_the_full_matrix(chunk, bounds, low, high):
+    """The bounded-memory miner against today's code (one float64 queries x pool matrix) and brute force.
+    Scores are multiples of 1/64 (exact in float32), with many ties."""
+    rng = np.random.default_rng(chunk)
+    q, n = 12, 40
+    scores = rng.integers(-64, 65, (q, n)) / 64
+    targets = rng.integers(0, n, q)
+    extra = [[int(rng.integers(n)), int(rng.integers(n))] for _ in range(q)]
+    cfg = MidZoneConfig(bounds=bounds, low=low, high=high)
+    today = mid_zone_negatives(delta_scores(scores, targets), exclusion_mask(q, n, targets, extra), cfg)
+    asked = []
+
+    def block(lo, hi):
+        asked.append(hi - lo)
+        return scores[lo:hi].astype(np.float32)
+
+    got = mine_mid_zones(block, targets, extra, cfg, chunk=chunk)
+    assert [z.tolist() for z in got] == [z.tolist() for z in today]
+    assert max(asked) == min(chunk, q) and sum(asked) == q
+    assert [sorted(z.tolist()) for z in got] == brute_mid_zones(scores, targets, exclusion_mask(q, n, targets, extra),
+                                                                cfg)
+
+
+def test_random_negatives_never_target_reference_or_duplicate():
     rng = np.random.default_rng(0)
-    targets = rng.integers(0, 5, 2000)
-    neg = random_negatives(rng, targets, 5)
-    assert (neg != targets).all() and set(neg.tolist()) == {0, 1, 2, 3, 4}
+    pools = [np.arange(10), np.arange(10, 16)]
+    excluded = [[2, 3, 7], [10, 11, 12, 13, 14]]  # target, reference, a same-scene duplicate; a nearly spent pool
+    picks = [random_negatives(rng, [pools[j % 2] for j in range(40)], [excluded[j % 2] for j in range(40)])
+             for _ in range(50)]
+    first, second = np.concatenate([p[0::2] for p in picks]), np.concatenate([p[1::2] for p in picks])
+    assert set(first.tolist()) == set(range(10)) - {2, 3, 7} and set(second.tolist()) == {15}
+    again = random_negatives(np.random.default_rng(0), [pools[j % 2] for j in range(40)],
+                             [excluded[j % 2] for j in range(40)])
+    assert again.tolist() == picks[0].tolist()  # deterministic for a seed
+    with pytest.raises(ValueError, match="every image of its negative pool is excluded"):
+        random_negatives(rng, [np.array([4, 5])], [[4, 5]])
 
 
-def test_rebuild_schedule():
-    assert rebuild_epochs(30, 1) == [1, 6, 11, 16, 21, 26]
-    assert rebuild_epochs(4, 1) == [1, 2, 3]
+def test_rebuild_schedule_warms_up_for_the_first_interval():
+    assert rebuild_epochs(30) == [5, 10, 15, 20, 25]  # FashionIQ: random negatives for epochs 0-4
+    assert rebuild_epochs(50) == [8, 16, 24, 32, 40, 48]  # CIRR
+    assert rebuild_epochs(4) == [1, 2, 3]
+    assert rebuild_epochs(30, warmup=1) == [1, 6, 11, 16, 21, 26]  # an explicit warm-up (ablation)
+    assert rebuild_epochs(3, warmup=0) == [0, 1, 2]
+
+
+def test_sampler_state_round_trip():
+    s = NegativeSampler([np.array([5, 6, 7]), np.array([1])], seed=3)
+    s.draw(np.array([0, 1]))
+    t = NegativeSampler.from_state_dict(s.state_dict())
+    q = np.array([0, 0, 0, 1, 0])
+    assert t.draw(q).tolist() == s.draw(q).tolist()
 
 
 def test_maxsim_scores_chunked_equals_full():
@@ -90,3 +135,20 @@ def test_maxsim_scores_chunked_equals_full():
     pool = torch.nn.functional.normalize(torch.randn(103, 4, 8), dim=-1)
     full = torch.einsum("qd,nkd->qnk", q, pool).amax(-1).numpy()
     assert np.allclose(maxsim_scores(q, pool, chunk=10), full, atol=1e-6)
+
+
+def test_never_negatives_are_target_reference_and_the_targets_scene():
+    """With duplicated scenes (images 1 and 3 show one scene), the warm-up's excluded images hold the
+    target's duplicates; the pools of the CIRR layout are every image."""
+    from training.cir_data import CIRData, negative_pools
+
+    data = CIRData(kind="synth", split="train", names=list("abcde"), pixels=np.zeros((5, 2, 2, 3), np.uint8),
+                   ref=np.array([0, 2]), tgt=np.array([1, 4]), texts=["x", "y"],
+                   scene_keys=["s0", "s1", "s2", "s1", "s4"])
+    assert sorted(data.never_negatives(0)) == [0, 1, 3] and sorted(data.never_negatives(1)) == [2, 4]
+    pools = negative_pools(data)
+    assert [p.tolist() for p in pools.pools] == [[0, 1, 2, 3, 4]] and pools.of_query.tolist() == [0, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        neg = random_negatives(rng, [pools.pools[0]] * 2, [data.never_negatives(0), data.never_negatives(1)])
+        assert neg[0] in (2, 4) and neg[1] in (0, 1, 3)

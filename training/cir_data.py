@@ -1,10 +1,13 @@
-"""Training/evaluation data in memory: an image table (uint8, preprocessed once with the encoder's
-functions) and CIR triplets pointing into it."""
+"""Training/evaluation data: an image table (uint8, preprocessed with the encoder's functions: in
+memory, decoded once, or read from disk per batch) and CIR triplets pointing into it."""
 
 from __future__ import annotations
 
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,40 @@ from encoder.preprocess import load_image, normalize, prepare_image
 from training import datasets as ds
 from training.errors import TrainingError
 
-DATA_KINDS = ("synth", "cirr", "fashioniq")
+DATA_KINDS = ("synth", "cirr", "fashioniq", "circo")
+CIRCO_TEXTS = ("caption", "concept")  # the CIRCO query text: the relative caption, or "<shared concept> that <caption>"
+
+
+def _read(path: Path, image_size: int) -> np.ndarray:
+    try:
+        return prepare_image(load_image(path, draft_size=image_size), image_size)
+    except EncoderError as e:
+        raise TrainingError(f"{path}: {e}") from e
+
+
+class ImageTable:
+    """The image table read from disk when a batch asks for it: uint8 [n, S, S, 3] per access. For
+    galleries too large to hold (CIRCO's 123k COCO images) and for training with images="disk"."""
+
+    def __init__(self, paths: list[Path], image_size: int):
+        self.paths, self.image_size = list(paths), image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def nbytes(self) -> int:  # what the in-memory table would take
+        return len(self.paths) * self.image_size * self.image_size * 3
+
+    def __getitem__(self, idx) -> np.ndarray:
+        paths = [self.paths[int(i)] for i in np.atleast_1d(idx)]
+        return np.stack(list(_decoder().map(lambda p: _read(p, self.image_size), paths)))
+
+
+@cache
+def _decoder() -> ThreadPoolExecutor:
+    """Threads for decoding a batch's images (PIL releases the GIL while it decodes and resizes)."""
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="decode")
 
 
 @dataclass
@@ -23,7 +59,7 @@ class CIRData:
     kind: str
     split: str
     names: list[str]  # image table
-    pixels: np.ndarray  # uint8 [N, H, W, 3]
+    pixels: np.ndarray | ImageTable  # uint8 [N, H, W, 3], in memory or read per batch
     ref: np.ndarray  # [Q] image index of each query's reference
     tgt: np.ndarray  # [Q] image index of the target (-1 when hidden)
     texts: list[str]  # evaluation text of each query
@@ -36,6 +72,7 @@ class CIRData:
     group_names: tuple[str, ...] = ()
     scene_captions: list[str] | None = None  # synthetic set: a full caption per image (pretraining)
     scene_keys: list[str] | None = None
+    positives: list[list[int]] | None = None  # CIRCO: every correct image of each query (the target first)
 
     def train_text(self, i: int, rng: random.Random) -> str:
         if self.raw_captions is not None:
@@ -55,28 +92,61 @@ class CIRData:
             by_key.setdefault(k, []).append(i)
         return [by_key[k] for k in self.scene_keys]
 
+    def never_negatives(self, i: int) -> list[int]:
+        """Images that may never be query i's negative: its target, its reference, and the images that
+        show the target's scene (synthetic set)."""
+        t = int(self.tgt[i])
+        return [t, int(self.ref[i])] + [j for j in (self._scenes[t] if self._scenes else ()) if j != t]
 
-def _load_pixels(paths: list[Path], image_size: int, progress: bool) -> np.ndarray:
+    @cached_property
+    def _scenes(self) -> list[list[int]] | None:
+        return self.same_scene_images()
+
+
+@dataclass
+class NegativePools:
+    pools: list[np.ndarray]  # image indices of each candidate pool, sorted
+    of_query: np.ndarray  # the pool of every query
+
+
+def negative_pools(data: CIRData, mode: str = "auto") -> NegativePools:
+    """Where TRNS (and the warm-up's random negatives) take negatives from. auto, METHOD.md's [QuRe]:
+    FashionIQ: the training targets of the query's category; CIRR and the synthetic set: every
+    training image. all: every training image for every query."""
+    if mode not in ("auto", "all"):
+        raise TrainingError(f"trns_pool must be 'auto' or 'all', not {mode!r}")
+    if mode == "all" or data.query_group is None:
+        return NegativePools([np.arange(len(data.names))], np.zeros(len(data.ref), dtype=np.int64))
+    pools = [np.unique(data.tgt[data.query_group == g]) for g in range(len(data.group_names))]
+    return NegativePools(pools, data.query_group.copy())
+
+
+def _load_pixels(paths: list[Path], image_size: int, progress: bool, lazy: bool = False) -> np.ndarray | ImageTable:
+    if lazy:
+        return ImageTable(paths, image_size)
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc="load images", unit="img", disable=not progress, leave=False)):
-        try:
-            out[i] = prepare_image(load_image(p, draft_size=image_size), image_size)
-        except EncoderError as e:
-            raise TrainingError(f"{p}: {e}") from e
+        out[i] = _read(p, image_size)
     return out
 
 
 def load_cir_data(kind: str, root: str | Path, split: str, image_size: int, progress: bool = True,
-                  max_queries: int | None = None) -> CIRData:
+                  max_queries: int | None = None, lazy: bool = False, images: str | Path | None = None,
+                  circo_text: str = "caption") -> CIRData:
+    """lazy: read images from disk per batch instead of decoding them all now (CIRCO always does).
+    images, circo_text: CIRCO's image folder (default <root>/COCO2017_unlabeled/unlabeled2017) and
+    query text form."""
     if kind not in DATA_KINDS:
         raise TrainingError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
     if kind == "fashioniq":
-        return _load_fashioniq(root, split, image_size, progress, max_queries)
+        return _load_fashioniq(root, split, image_size, progress, max_queries, lazy)
+    if kind == "circo":
+        return _load_circo(root, split, image_size, max_queries, images, circo_text)
     data = ds.load_cirr(root, split)
     queries = data.queries[:max_queries] if max_queries else data.queries
     names = data.gallery
     index = {n: i for i, n in enumerate(names)}
-    pixels = _load_pixels([data.images[n] for n in names], image_size, progress)
+    pixels = _load_pixels([data.images[n] for n in names], image_size, progress, lazy)
     scene_captions = scene_keys = None
     scenes_path = Path(root) / "scenes" / f"scenes.{data.name}.{split}.json"
     if scenes_path.is_file():
@@ -94,28 +164,59 @@ def load_cir_data(kind: str, root: str | Path, split: str, image_size: int, prog
     )
 
 
-def _load_fashioniq(root, split, image_size, progress, max_queries) -> CIRData:
+def _load_fashioniq(root, split, image_size, progress, max_queries, lazy=False) -> CIRData:
+    """Each category's gallery is its own block of the image table: an image listed under two
+    categories (1,180 train and 121 val images are) appears once per category, and a triplet's
+    images are looked up in its own category's block."""
     data = ds.load_fashioniq(root, split)
-    names, group = [], []
+    names, group, index = [], [], {}
     for ci, cat in enumerate(data.categories):
-        names += data.gallery[cat]
-        group += [ci] * len(data.gallery[cat])
-    index = {}
-    for i, n in enumerate(names):
-        index.setdefault(n, i)
+        for n in data.gallery[cat]:
+            index[(cat, n)] = len(names)
+            names.append(n)
+            group.append(ci)
     trip = data.triplets[:max_queries] if max_queries else data.triplets
     for t in trip:  # candidates are not always in the split's image list
-        if t.candidate not in index:
-            index[t.candidate] = len(names)
+        if (t.category, t.candidate) not in index:
+            index[(t.category, t.candidate)] = len(names)
             names.append(t.candidate)
             group.append(-1)
-    pixels = _load_pixels([data.image_path(n) for n in names], image_size, progress)
+    pixels = _load_pixels([data.image_path(n, must_exist=not lazy) for n in names], image_size, progress, lazy)
     return CIRData(
         kind="fashioniq", split=split, names=names, pixels=pixels,
-        ref=np.array([index[t.candidate] for t in trip], dtype=np.int64),
-        tgt=np.array([index[t.target] if t.target else -1 for t in trip], dtype=np.int64),
+        ref=np.array([index[(t.category, t.candidate)] for t in trip], dtype=np.int64),
+        tgt=np.array([index[(t.category, t.target)] if t.target else -1 for t in trip], dtype=np.int64),
         texts=[t.eval_caption for t in trip], raw_captions=[t.captions for t in trip],
         group=np.array(group, dtype=np.int64),
         query_group=np.array([data.categories.index(t.category) for t in trip], dtype=np.int64),
         group_names=data.categories,
+    )
+
+
+def circo_query_text(q: ds.CIRCOQuery, form: str = "caption") -> str:
+    """The query's text: its relative caption (METHOD.md's query form: reference image + text), or with
+    the shared concept in front ("concept")."""
+    if form not in CIRCO_TEXTS:
+        raise TrainingError(f"circo_text must be one of {', '.join(CIRCO_TEXTS)}, not {form!r}")
+    return q.caption if form == "caption" else f"{q.shared_concept} that {q.caption}"
+
+
+def _load_circo(root, split, image_size, max_queries, images, text_form) -> CIRData:
+    """CIRCO: the gallery is the COCO 2017 unlabeled set (123,403 images), read from disk per batch."""
+    data = ds.load_circo(root, split)
+    gallery = ds.circo_gallery(root, images)
+    queries = data.queries[:max_queries] if max_queries else data.queries
+    index = {image_id: i for i, image_id in enumerate(gallery)}
+    missing = sorted({x for q in queries for x in [q.reference, *q.targets] if x not in index})
+    if missing:
+        raise TrainingError(f"{len(missing)} images that CIRCO's {split}.json names are not in the gallery at "
+                            f"{ds.circo_images_dir(root, images)} (first: {missing[0]}); is it the whole COCO 2017 "
+                            "unlabeled set?")
+    return CIRData(
+        kind="circo", split=split, names=[str(i) for i in gallery],
+        pixels=ImageTable(list(gallery.values()), image_size),
+        ref=np.array([index[q.reference] for q in queries], dtype=np.int64),
+        tgt=np.array([index[q.targets[0]] if q.targets else -1 for q in queries], dtype=np.int64),
+        texts=[circo_query_text(q, text_form) for q in queries], pairids=[q.id for q in queries],
+        positives=[[index[t] for t in q.targets] for q in queries] if split == "val" else None,
     )

@@ -186,11 +186,13 @@ class FIQSplit:
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
 
-    def image_path(self, image_id: str) -> Path:
+    def image_path(self, image_id: str, must_exist: bool = True) -> Path:
         for ext in (".png", ".jpg"):
             p = self.root / "images" / f"{image_id}{ext}"
             if p.is_file():
                 return p
+        if not must_exist:  # read later (or never, in a dry run): a missing file is reported then
+            return self.root / "images" / f"{image_id}.png"
         raise TrainingError(f"FashionIQ image {image_id!r} not found under {self.root / 'images'} (.png or .jpg)")
 
 
@@ -260,7 +262,35 @@ class CIRCOSplit:
     skip_reasons: list[str] = field(default_factory=list)
 
     def image_path(self, image_id: int) -> Path:
-        return self.root / "COCO2017_unlabeled" / "unlabeled2017" / f"{image_id:012d}.jpg"
+        return circo_images_dir(self.root) / f"{image_id:012d}.jpg"
+
+
+def circo_images_dir(root: str | Path, images: str | Path | None = None) -> Path:
+    """The COCO 2017 unlabeled images: `images`, or where CIRCO's README puts them."""
+    return Path(images) if images else Path(root).resolve() / "COCO2017_unlabeled" / "unlabeled2017"
+
+
+def circo_gallery(root: str | Path, images: str | Path | None = None) -> dict[int, Path]:
+    """CIRCO's gallery, image id -> path: the images that COCO's image_info_unlabeled2017.json lists
+    (in <images>/../annotations/, as the COCO download unpacks) or, without it, every <id>.jpg there."""
+    folder = circo_images_dir(root, images)
+    if not folder.is_dir():
+        raise TrainingError(f"{folder}: no such folder; CIRCO's gallery is the COCO 2017 unlabeled set "
+                            "(unlabeled2017.zip from cocodataset.org): unpack it there or pass its folder")
+    info = folder.parent / "annotations" / "image_info_unlabeled2017.json"
+    if info.is_file():
+        raw = read_json(info)
+        try:
+            return {int(r["id"]): folder / r["file_name"] for r in raw["images"]}
+        except (KeyError, TypeError, ValueError) as e:
+            raise TrainingError(f"{info}: expected COCO image info ({{'images': [{{'id', 'file_name'}}]}}): {e}") from e
+    out = {}
+    for p in sorted(folder.glob("*.jpg")):
+        if p.stem.isdigit():
+            out[int(p.stem)] = p
+    if not out:
+        raise TrainingError(f"{folder}: no <id>.jpg images (COCO names them like 000000123456.jpg)")
+    return out
 
 
 def load_circo(root: str | Path, split: str, on_error: str = "raise") -> CIRCOSplit:

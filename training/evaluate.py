@@ -10,8 +10,8 @@ import torch
 from encoder.fusion import resolve_weights
 from encoder.text import TextTokenizer
 from training.cir_data import CIRData
-from training.metrics import cirr_metrics, fashioniq_metrics
-from training.model import DQECIR, maxsim_scores
+from training.metrics import circo_map, cirr_metrics, fashioniq_metrics, top_k
+from training.model import DQECIR, inference_autocast, maxsim
 
 
 @dataclass
@@ -21,14 +21,41 @@ class Evaluation:
 
 
 @torch.no_grad()
-def encode_gallery(model: DQECIR, data: CIRData, batch_size: int = 256) -> torch.Tensor:
+def encode_gallery(model: DQECIR, data: CIRData, batch_size: int = 256, idx: np.ndarray | None = None,
+                   keep_on_device: bool = False) -> torch.Tensor:
+    """Image tokens [N, K, D] (float32) of the gallery, or of the images `idx`; on CPU unless keep_on_device."""
     model.eval()
     cfg = model.cfg
+    idx = np.arange(len(data.names)) if idx is None else np.asarray(idx)
     out = []
+    for s in range(0, len(idx), batch_size):
+        with inference_autocast(model):
+            tokens = model.encode_image(_to(model, data.batch_pixels(idx[s: s + batch_size], cfg.mean, cfg.std)))
+        out.append(tokens.float() if keep_on_device else tokens.float().cpu())
+    if not out:
+        k, d = cfg.num_query_tokens, cfg.embed_dim
+        return torch.zeros(0, k, d, device=_device(model) if keep_on_device else "cpu")
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def gallery_scores(model: DQECIR, data: CIRData, q: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """MaxSim [Q, N] of fused queries against the whole gallery, encoded a batch at a time and scored
+    at once: memory O(Q x N) scores, never the gallery's tokens (CIRCO's are 4 GB in float32)."""
+    model.eval()
+    cfg = model.cfg
+    q = q.to(_device(model))
+    out = np.empty((len(q), len(data.names)), dtype=np.float32)
     for s in range(0, len(data.names), batch_size):
         idx = np.arange(s, min(s + batch_size, len(data.names)))
-        out.append(model.encode_image(_to(model, data.batch_pixels(idx, cfg.mean, cfg.std))).float().cpu())
-    return torch.cat(out)
+        with inference_autocast(model):
+            tokens = model.encode_image(_to(model, data.batch_pixels(idx, cfg.mean, cfg.std)))
+        out[:, idx] = maxsim(q, tokens.float()).cpu().numpy()
+    return out
+
+
+def _device(model: DQECIR) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _to(model: DQECIR, array: np.ndarray) -> torch.Tensor:
@@ -37,17 +64,24 @@ def _to(model: DQECIR, array: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size: int = 256,
-                    weights_override: dict | None = None):
-    """Fused query vectors [Q, D] and the composer's parts (numpy) for every query."""
+                    weights_override: dict | None = None, idx: np.ndarray | None = None):
+    """Fused query vectors [Q, D] and the composer's parts (numpy) for every query (or the queries idx)."""
     model.eval()
     cfg = model.cfg
+    idx = np.arange(len(data.ref)) if idx is None else np.asarray(idx)
     parts = {"q_base": [], "q_color": [], "q_shape": [], "weights": []}
-    for s in range(0, len(data.ref), batch_size):
-        sl = slice(s, min(s + batch_size, len(data.ref)))
-        ids, mask = tok(data.texts[sl])
-        px = _to(model, data.batch_pixels(data.ref[sl], cfg.mean, cfg.std))
-        for k, v in zip(parts, model.compose(px, _to(model, ids), _to(model, mask)), strict=True):
+    for s in range(0, len(idx), batch_size):
+        sel = idx[s: s + batch_size]
+        ids, mask = tok([data.texts[i] for i in sel])
+        px = _to(model, data.batch_pixels(data.ref[sel], cfg.mean, cfg.std))
+        with inference_autocast(model):
+            composed = model.compose(px, _to(model, ids), _to(model, mask))
+        for k, v in zip(parts, composed, strict=True):
             parts[k].append(v.float().cpu())
+    if not len(idx):
+        d = cfg.embed_dim
+        return torch.zeros(0, d), {"q_base": np.zeros((0, d), np.float32), "q_color": np.zeros((0, d), np.float32),
+                                   "q_shape": np.zeros((0, d), np.float32), "weights": np.zeros((0, 2), np.float32)}
     parts = {k: torch.cat(v) for k, v in parts.items()}
     w = torch.from_numpy(resolve_weights(parts["weights"].numpy(), weights_override))
     q = model.fuse(parts["q_base"], parts["q_color"], parts["q_shape"], w)
@@ -56,7 +90,9 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
 
 def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
     """CIRR protocol for CIRR and the synthetic set (plus same-scene duplicates counted as hits),
-    FashionIQ's per-category protocol otherwise."""
+    FashionIQ's per-category protocol, CIRCO's mAP@K."""
+    if data.kind == "circo":
+        return circo_map(circo_rankings(data, scores), data.positives)
     if data.kind == "fashioniq":
         per_cat = {}
         for ci, cat in enumerate(data.group_names):
@@ -72,6 +108,11 @@ def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
     positives = None if same is None else [[names[j] for j in same[t]] for t in data.tgt]
     return cirr_metrics(scores, names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
                         [[names[m] for m in mem] for mem in data.members], positives)
+
+
+def circo_rankings(data: CIRData, scores: np.ndarray, k: int = 50) -> list[list[int]]:
+    """Gallery indices of each query's top k, its reference left out (it is never a correct answer)."""
+    return top_k(scores, k, data.ref).tolist()
 
 
 def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
@@ -125,9 +166,8 @@ def _objects(key: str) -> list[tuple[str, str, str, str]]:
 
 def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override: dict | None = None) -> Evaluation:
     """Score every query against the gallery; a split without targets (a test split) gets no metrics."""
-    tokens = encode_gallery(model, data)
     q, _ = compose_queries(model, tok, data, weights_override=weights_override)
-    scores = maxsim_scores(q, tokens)
+    scores = gallery_scores(model, data, q)
     if (data.tgt < 0).any():
         return Evaluation({}, scores)
     metrics = protocol_metrics(data, scores)

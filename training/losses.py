@@ -17,13 +17,17 @@ def margin_ranking(s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float) -> t
     return F.relu(margin - (s_pos - s_neg)).mean()
 
 
-def in_batch_contrastive(scores: torch.Tensor, tau: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
-    """InfoNCE over the batch's targets: scores [B, C >= B], row i's positive at column i (columns past
-    B are extra negatives, e.g. hard distractors).
-    `same` [B, B] marks other columns that hold the same scene as row i's target: they are masked
+def in_batch_contrastive(scores: torch.Tensor, tau: torch.Tensor, same: torch.Tensor | None = None,
+                         labels: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE over the batch's targets: scores [B, C >= B], row i's positive at column labels[i]
+    (default i; the other columns are negatives: other targets, hard distractors, other GPUs' columns).
+    `same` [B, C] marks other columns that hold the same scene as row i's target: they are masked
     out instead of being pushed away as negatives."""
+    if labels is None:
+        labels = torch.arange(len(scores), device=scores.device)
     logits = scores / tau
     if same is not None:
-        eye = torch.eye(*scores.shape, dtype=torch.bool, device=scores.device)
-        logits = logits.masked_fill(same & ~eye, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(scores), device=scores.device))
+        positive = torch.zeros_like(same)
+        positive[torch.arange(len(scores), device=scores.device), labels] = True
+        logits = logits.masked_fill(same & ~positive, float("-inf"))
+    return F.cross_entropy(logits, labels)

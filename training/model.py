@@ -8,6 +8,8 @@ maxsim(q, T)                              -> s [B, N] = max_k <q, T_k>
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig, Blip2VisionConfig
 
@@ -45,6 +48,7 @@ class ModelConfig:
     attribute_head_noise: float = 0.02
     freeze_vision: bool = False
     pretrained: str | None = None  # local save_pretrained dir of a Blip2ForImageTextRetrieval
+    blip2_config: dict | None = None  # a pretrained model's whole transformers config (rebuilds it from a checkpoint)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     extra: dict = field(default_factory=dict)
@@ -100,20 +104,40 @@ def blip2_config(cfg: ModelConfig) -> Blip2Config:
 
 def build_blip2(cfg: ModelConfig) -> Blip2ForImageTextRetrieval:
     if cfg.pretrained:
-        path = Path(cfg.pretrained)
-        if not (path / "config.json").is_file():
-            raise TrainingError(f"{path}: no config.json; expected a save_pretrained dir of Blip2ForImageTextRetrieval")
+        path = pretrained_dir(cfg.pretrained)
         blip = Blip2ForImageTextRetrieval.from_pretrained(str(path), dtype=torch.float32)
-        qc, vc = blip.config.qformer_config, blip.config.vision_config
-        cfg.vision_width, cfg.qformer_width = vc.hidden_size, qc.hidden_size
-        cfg.image_size, cfg.patch_size = vc.image_size, vc.patch_size
-        cfg.num_query_tokens, cfg.embed_dim = blip.config.num_query_tokens, blip.config.image_text_hidden_size
-        cfg.vocab_size = qc.vocab_size
+        adopt_blip2_config(cfg, blip.config)
         return blip
+    if cfg.blip2_config:  # a pretrained architecture whose weights come from a checkpoint
+        return Blip2ForImageTextRetrieval(Blip2Config.from_dict(cfg.blip2_config))
     blip = Blip2ForImageTextRetrieval(blip2_config(cfg))
     with torch.no_grad():  # zeros would make every query token identical (and max-over-tokens moot)
         blip.query_tokens.normal_(0.0, 0.02)
     return blip
+
+
+def pretrained_dir(path: str | Path) -> Path:
+    """A local save_pretrained folder (never a hub name: nothing is downloaded)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise TrainingError(f"{path}: no config.json; expected a local save_pretrained folder of "
+                            "Blip2ForImageTextRetrieval, e.g. Salesforce/blip2-itm-vit-g downloaded there "
+                            "(docs/REPRODUCE.md), or pass --pretrained DIR")
+    return path
+
+
+def adopt_blip2_config(cfg: ModelConfig, config: Blip2Config) -> None:
+    """Take the dims of a pretrained model into `cfg` (and its whole config, to rebuild it later)."""
+    qc, vc = config.qformer_config, config.vision_config
+    cfg.vision_width, cfg.qformer_width = vc.hidden_size, qc.hidden_size
+    cfg.vision_layers, cfg.qformer_layers = vc.num_hidden_layers, qc.num_hidden_layers
+    cfg.vision_heads, cfg.qformer_heads = vc.num_attention_heads, qc.num_attention_heads
+    cfg.cross_attention_frequency = qc.cross_attention_frequency
+    cfg.image_size, cfg.patch_size = vc.image_size, vc.patch_size
+    cfg.num_query_tokens, cfg.embed_dim = config.num_query_tokens, config.image_text_hidden_size
+    cfg.vocab_size = qc.vocab_size
+    cfg.max_text_len = min(cfg.max_text_len, qc.max_position_embeddings)  # text positions end there
+    cfg.blip2_config = json.loads(config.to_json_string())
 
 
 class DQECIR(nn.Module):
@@ -138,6 +162,20 @@ class DQECIR(nn.Module):
         if cfg.freeze_vision:
             for p in self.blip.vision_model.parameters():
                 p.requires_grad_(False)
+
+    def set_qformer_checkpointing(self, on: bool = True) -> None:
+        """Activation (gradient) checkpointing of the Q-Former's layers: their activations are recomputed
+        in the backward pass instead of kept, for less GPU memory at about a third more Q-Former time."""
+        qf = self.blip.qformer
+        if hasattr(qf, "activation_checkpointing_enable"):  # transformers >= 5
+            if on:
+                qf.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                qf.activation_checkpointing_disable()
+        elif on:
+            qf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            qf.gradient_checkpointing_disable()
 
     # -- catalog side --------------------------------------------------------------------
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -201,20 +239,62 @@ class DQECIR(nn.Module):
         return self.log_tau.exp().clamp(0.01, 0.5)
 
 
+class StepForward(nn.Module):
+    """What a step computes on the model, behind one forward() so that DDP sees every parameter it
+    uses: the composed query parts and the tokens of the column images, or (caption pretraining, no
+    columns) the texts alone and the images' tokens; and the temperature."""
+
+    def __init__(self, model: DQECIR):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels, input_ids, attention_mask, column_pixels=None):
+        m = self.model
+        if column_pixels is None:
+            return m.encode_text(input_ids, attention_mask), m.encode_image(pixels), m.tau
+        return m.compose(pixels, input_ids, attention_mask), m.encode_image(column_pixels), m.tau
+
+
+def pretrained_tokenizer(path: Path):
+    """The tokenizer beside a pretrained model: its tokenizer.json, or (only vocab.txt and the
+    tokenizer config) transformers' fast tokenizer built from them."""
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), use_fast=True).backend_tokenizer
+    except (OSError, ValueError, AttributeError) as e:
+        raise TrainingError(f"{path}: no tokenizer.json and no tokenizer transformers can read ({e}); the model's "
+                            "save_pretrained folder must hold its tokenizer too") from e
+
+
 def maxsim(q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """s[b, n] = max_k <q_b, T_{n,k}>: Qdrant's MAX_SIM for a single query vector."""
     return torch.einsum("bd,nkd->bnk", q, tokens).amax(dim=-1)
 
 
 @torch.no_grad()
-def maxsim_scores(queries: torch.Tensor, pool_tokens: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+def maxsim_scores(queries: torch.Tensor, pool_tokens: torch.Tensor, chunk: int | None = None,
+                  max_elements: int = 1 << 25) -> np.ndarray:
     """maxsim of every query [Q, D] against a pool [N, K, D] as float32 numpy [Q, N], chunked over the
-    pool so that a 100k-image pool fits in memory on CPU (evaluation and TRNS mining both use it)."""
+    pool so that the [Q, chunk, K] intermediate stays under `max_elements` (128 MB in float32) whatever
+    the sizes (evaluation and TRNS mining both use it). Runs on the tensors' device."""
+    if chunk is None:
+        chunk = max(1, max_elements // max(1, queries.shape[0] * pool_tokens.shape[1]))
     out = np.empty((queries.shape[0], pool_tokens.shape[0]), dtype=np.float32)
     for s in range(0, pool_tokens.shape[0], chunk):
         part = pool_tokens[s : s + chunk]
         out[:, s : s + part.shape[0]] = maxsim(queries, part).float().cpu().numpy()
     return out
+
+
+def inference_autocast(model: nn.Module):
+    """bf16 autocast for evaluation and mining when the model is on a GPU; nothing on CPU (fp32)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 def config_dict(cfg: ModelConfig) -> dict:

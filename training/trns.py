@@ -2,22 +2,25 @@
 
 Delta_i(c) = s(q_i, t_i) - s(q_i, c). Small or negative Delta: c scores like the target (a likely
 false negative); large Delta: an easy negative. The mid-zone keeps low <= Delta <= high.
+mine_mid_zones applies the same rule a chunk of queries at a time, in float32, so that mining a
+CIRR-sized problem (28,225 queries x 16,939 images) holds O(chunk x pool) scores, not the whole matrix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 
-def delta_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def delta_scores(scores: np.ndarray, targets: np.ndarray, dtype=np.float64) -> np.ndarray:
     """scores [Q, N] of every query against every pool candidate; targets: pool index per query."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores, dtype=dtype)
     return scores[np.arange(len(scores)), targets][:, None] - scores
 
 
-def exclusion_mask(n_queries: int, n_pool: int, targets: np.ndarray, extra: list[list[int]] | None = None):
+def exclusion_mask(n_queries: int, n_pool: int, targets: np.ndarray, extra: Sequence[Sequence[int]] | None = None):
     """True where a candidate may never be a negative: the target itself (and same-scene duplicates)."""
     mask = np.zeros((n_queries, n_pool), dtype=bool)
     mask[np.arange(n_queries), targets] = True
@@ -80,15 +83,50 @@ def nearest_below_target(delta_row: np.ndarray, allowed: np.ndarray, k: int) -> 
     return idx[np.argsort(-d, kind="stable")[:k]]
 
 
+def mine_mid_zones(score_block: Callable[[int, int], np.ndarray], targets: np.ndarray,
+                   excluded: Sequence[Sequence[int]], cfg: MidZoneConfig, chunk: int = 1024) -> list[np.ndarray]:
+    """The mid-zones of queries that share one candidate pool, `chunk` queries at a time, in float32.
+
+    score_block(lo, hi): scores [hi - lo, pool] of queries lo..hi-1 against the pool; targets: the pool
+    position of each query's target; excluded: per query, other pool positions that may never be its
+    negative (the reference, duplicates of the target). Peak memory: a few chunk x pool arrays.
+    Returns pool positions, as mid_zone_negatives over the whole matrix would."""
+    targets = np.asarray(targets)
+    zones: list[np.ndarray] = []
+    for lo in range(0, len(targets), chunk):
+        hi = min(len(targets), lo + chunk)
+        scores = np.asarray(score_block(lo, hi), dtype=np.float32)
+        delta = delta_scores(scores, targets[lo:hi], dtype=np.float32)
+        excl = exclusion_mask(hi - lo, scores.shape[1], targets[lo:hi], excluded[lo:hi])
+        zones += mid_zone_negatives(delta, excl, cfg)
+    return zones
+
+
 class NegativeSampler:
     """One negative per query per draw, without replacement from its mid-zone until exhausted
-    (then a fresh permutation). All state is numpy, so it pickles into a checkpoint."""
+    (then a fresh permutation). state_dict() is numpy arrays and numbers, for the checkpoint."""
 
     def __init__(self, zones: list[np.ndarray], seed: int):
         self.zones = zones
         self.rng = np.random.default_rng(seed)
         self.orders = [self.rng.permutation(z) for z in zones]
         self.pos = np.zeros(len(zones), dtype=np.int64)
+
+    def state_dict(self) -> dict:
+        lengths = np.array([len(z) for z in self.zones], dtype=np.int64)
+        return {"lengths": lengths, "zones": _flat(self.zones), "orders": _flat(self.orders), "pos": self.pos.copy(),
+                "rng": self.rng.bit_generator.state}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> NegativeSampler:
+        cuts = np.cumsum(np.asarray(state["lengths"]))[:-1]
+        out = cls.__new__(cls)
+        out.zones = [z.astype(np.int64) for z in np.split(np.asarray(state["zones"]), cuts)]
+        out.orders = [o.astype(np.int64) for o in np.split(np.asarray(state["orders"]), cuts)]
+        out.pos = np.asarray(state["pos"], dtype=np.int64).copy()
+        out.rng = np.random.default_rng()
+        out.rng.bit_generator.state = state["rng"]
+        return out
 
     def draw(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries), dtype=np.int64)
@@ -101,14 +139,33 @@ class NegativeSampler:
         return out
 
 
-def random_negatives(rng: np.random.Generator, targets: np.ndarray, pool_size: int) -> np.ndarray:
-    """Uniform negatives from the pool, never the target itself (the warm-up interval)."""
-    neg = rng.integers(0, pool_size - 1, size=len(targets))
-    return neg + (neg >= targets)
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.int32) if len(arrays) else np.zeros(0, dtype=np.int32)
 
 
-def rebuild_epochs(epochs: int, warmup: int) -> list[int]:
-    """Epochs (0-based) at whose start the mid-zones are rebuilt: after `warmup` epochs of random
-    negatives, then every max(1, epochs // 6) epochs."""
+def random_negatives(rng: np.random.Generator, pools: Sequence[np.ndarray],
+                     excluded: Sequence[Collection[int]]) -> np.ndarray:
+    """One uniform negative per query from its pool, never one of its excluded images (its target, its
+    reference, duplicates of its target): the warm-up interval's negatives."""
+    out = np.empty(len(pools), dtype=np.int64)
+    for j, (pool, ex) in enumerate(zip(pools, excluded, strict=True)):
+        ex = {int(x) for x in ex}
+        for _ in range(64):  # rejection: the excluded images are a handful out of thousands
+            c = int(pool[rng.integers(len(pool))])
+            if c not in ex:
+                break
+        else:
+            allowed = np.setdiff1d(pool, np.fromiter(ex, dtype=np.int64))
+            if not len(allowed):
+                raise ValueError(f"query {j}: every image of its negative pool is excluded ({sorted(ex)})")
+            c = int(allowed[rng.integers(len(allowed))])
+        out[j] = c
+    return out
+
+
+def rebuild_epochs(epochs: int, warmup: int | None = None) -> list[int]:
+    """Epochs (0-based) at whose start the mid-zones are rebuilt: every max(1, epochs // 6) epochs,
+    after a warm-up of random negatives that lasts the first such interval (METHOD.md) unless
+    `warmup` says how many epochs."""
     every = max(1, epochs // 6)
-    return list(range(warmup, epochs, every))
+    return list(range(every if warmup is None else warmup, epochs, every))

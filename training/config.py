@@ -1,0 +1,102 @@
+"""Training configuration: one dataclass, filled from a recipe (training/recipes/NAME.json or any JSON
+file of its fields) and then from flags. Keys starting with "_" in a recipe are notes, not fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.datasets import read_json
+from training.errors import TrainingError
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synth"  # synth | cirr | fashioniq
+    root: str = "runs/demo/synth-demo-0"
+    out: str = "runs/train"
+    model: str = "demo"
+    pretrained: str | None = None  # blip2: a save_pretrained dir of Blip2ForImageTextRetrieval (+ its tokenizer)
+    model_overrides: dict = field(default_factory=dict)
+    init: str | None = None  # checkpoint to start from (weights only)
+    task: str = "cir"  # cir | caption (image-caption pretraining)
+    loss: str = "contrastive"  # contrastive | pairwise
+    negatives: str = "trns"  # random | trns (pairwise only)
+    trns: dict = field(default_factory=dict)  # MidZoneConfig fields
+    trns_warmup_epochs: int | None = None  # random negatives before the first mining; None: the first rebuild interval
+    trns_pool: str = "auto"  # auto: METHOD.md's (FashionIQ: the category's training targets; else every image) | all
+    trns_chunk: int = 1024  # queries scored at a time when mining: host memory O(chunk x pool)
+    lambda_margin: float = 0.0
+    margin: float = 0.15
+    lambda_attr: float = 0.0
+    img_set_negatives: int = 0  # contrastive: this many img_set distractors per query join the negatives
+    epochs: int = 10
+    batch_size: int = 64  # the global batch: split evenly over the processes of a torchrun job
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    eval_every: int = 1  # epochs; 0: only at the end
+    eval_max_queries: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_checkpointing: bool = False  # recompute the Q-Former's activations in the backward pass
+    images: str = "memory"  # memory: decode every image once into RAM | disk: decode each batch's images
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.task in ("cir", "caption"), f"task must be 'cir' or 'caption', not {self.task!r}"),
+            (self.loss in ("contrastive", "pairwise"), f"loss must be 'contrastive' or 'pairwise', not {self.loss!r}"),
+            (self.negatives in ("random", "trns"), f"negatives must be 'random' or 'trns', not {self.negatives!r}"),
+            (self.epochs >= 1 and self.batch_size >= 2, "epochs must be >= 1 and batch_size >= 2"),
+            (self.grad_accum >= 1 and self.lr > 0, "grad_accum must be >= 1 and lr > 0"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
+            (self.precision in ("auto", "bf16", "fp32"),
+             f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
+            (self.trns_pool in ("auto", "all"), f"trns_pool must be 'auto' or 'all', not {self.trns_pool!r}"),
+            (self.trns_chunk >= 1, "trns_chunk must be >= 1"),
+            (self.trns_warmup_epochs is None or self.trns_warmup_epochs >= 0, "trns_warmup_epochs must be >= 0"),
+            (self.images in ("memory", "disk"), f"images must be 'memory' or 'disk', not {self.images!r}"),
+            (not self.pretrained or self.model == "blip2",
+             f"--pretrained loads a BLIP-2 checkpoint: use --model blip2 (not {self.model!r})"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainingError(msg)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.json"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe by name (training/recipes/NAME.json) or by path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    named = RECIPES / f"{name_or_path}.json"
+    if named.is_file():
+        return named
+    raise TrainingError(f"no recipe {str(name_or_path)!r}: not a file, and not one of {', '.join(recipe_names())}")
+
+
+def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
+    """The recipe (a name or a JSON file; None: the defaults) with `overrides` (None values ignored) on top."""
+    raw = dict(read_json(recipe_path(path))) if path else {}
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    known = set(TrainConfig.__dataclass_fields__)
+    bad = sorted(set(raw) - known)
+    if bad:
+        raise TrainingError(f"unknown training config keys {bad}; known: {sorted(known)}")
+    cfg = TrainConfig(**raw)
+    cfg.validate()
+    return cfg
