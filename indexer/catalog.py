@@ -1,23 +1,25 @@
 """Catalog sources: a folder of images, or a JSONL / CSV manifest (id, uri, payload fields).
 
 Local paths are confined to the catalog root (no '..' or absolute paths outside it). http(s) URIs are
-refused unless allowed; when allowed they are fetched with a size cap and timeouts, and hosts that
-resolve to private, loopback or link-local addresses are refused.
+refused unless allowed; when allowed they go through plugin.fetch (public addresses only, every
+redirect checked, one deadline, a size cap).
+
+A catalog is read as a stream: `open_catalog` checks it once (fields, duplicate ids) and keeps only
+its ids; `Catalog.chunks` reads it again, a chunk at a time. No image bytes are held beyond a chunk.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import ipaddress
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from indexer.errors import IndexerError
+from plugin.fetch import FetchError, fetch_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_DOWNLOAD_BYTES = 20_000_000
@@ -30,24 +32,68 @@ class CatalogItem:
     payload: dict = field(default_factory=dict)
 
 
-def read_catalog(source: str | Path) -> tuple[Path, list[CatalogItem]]:
-    """(root, items) from a folder, a .jsonl or a .csv manifest. Ids must be unique."""
+@dataclass
+class Catalog:
+    """A checked catalog: where it is read from, the folder its paths are relative to, and its ids."""
+
+    source: Path
+    root: Path
+    ids: set[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def items(self) -> Iterator[CatalogItem]:
+        return _stream(self.source, self.root)
+
+    def chunks(self, size: int) -> Iterator[list[CatalogItem]]:
+        """The items in order, `size` at a time (the same chunks on every pass)."""
+        if size < 1:
+            raise IndexerError(f"chunk size must be at least 1, not {size}")
+        chunk: list[CatalogItem] = []
+        for item in self.items():
+            chunk.append(item)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def open_catalog(source: str | Path) -> Catalog:
+    """A folder, a .jsonl or a .csv manifest, read through once to check it. Ids must be unique."""
     src = Path(source)
     if src.is_dir():
         root = src.resolve()
-        items = [CatalogItem(p.relative_to(root).as_posix(), p.relative_to(root).as_posix())
-                 for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     elif src.is_file() and src.suffix.lower() in (".jsonl", ".csv"):
         root = src.resolve().parent
-        items = list(_jsonl(src) if src.suffix.lower() == ".jsonl" else _csv(src))
     else:
         raise IndexerError(f"catalog {src} is neither a folder of images nor a .jsonl/.csv manifest")
-    seen: set[str] = set()
-    for it in items:
-        if it.item_id in seen:
+    ids: set[str] = set()
+    for it in _stream(src, root):
+        if it.item_id in ids:
             raise IndexerError(f"catalog {src}: item id {it.item_id!r} appears more than once")
-        seen.add(it.item_id)
-    return root, items
+        ids.add(it.item_id)
+    return Catalog(src, root, ids)
+
+
+def read_catalog(source: str | Path) -> tuple[Path, list[CatalogItem]]:
+    """(root, items) from a folder, a .jsonl or a .csv manifest, all in memory (small catalogs, tools)."""
+    catalog = open_catalog(source)
+    return catalog.root, list(catalog.items())
+
+
+def _stream(src: Path, root: Path) -> Iterator[CatalogItem]:
+    if src.is_dir():
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                rel = p.relative_to(root).as_posix()
+                yield CatalogItem(rel, rel)
+    elif src.suffix.lower() == ".jsonl":
+        yield from _jsonl(src)
+    else:
+        yield from _csv(src)
 
 
 def _jsonl(path: Path) -> Iterator[CatalogItem]:
@@ -88,13 +134,19 @@ def item_fingerprint(item: CatalogItem, content: bytes) -> str:
 
 
 def fetch_bytes(item: CatalogItem, root: Path, allow_http: bool = False, max_bytes: int = MAX_DOWNLOAD_BYTES,
-                timeout: float = 10.0) -> bytes:
+                timeout: float = 20.0) -> bytes:
     """The item's image bytes, under the rules above. Raises IndexerError with the reason."""
     parsed = urlparse(item.uri)
     if parsed.scheme in ("http", "https"):
         if not allow_http:
             raise IndexerError(f"{item.uri}: http(s) URIs are off; set DQE_CIR_ALLOW_HTTP=1 to fetch them")
-        return _download(item.uri, max_bytes, timeout)
+        try:
+            data = fetch_url(item.uri, max_bytes, timeout)
+        except FetchError as e:
+            raise IndexerError(str(e)) from e
+        if not data:
+            raise IndexerError(f"{item.uri}: empty body")
+        return data
     if parsed.scheme not in ("", "file"):
         raise IndexerError(f"{item.uri}: unsupported URI scheme {parsed.scheme!r}")
     rel = parsed.path if parsed.scheme == "file" else item.uri
@@ -109,30 +161,3 @@ def fetch_bytes(item: CatalogItem, root: Path, allow_http: bool = False, max_byt
     if size > max_bytes:
         raise IndexerError(f"{item.uri}: {size} bytes is over the {max_bytes}-byte limit")
     return path.read_bytes()
-
-
-def _check_host(host: str) -> None:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as e:
-        raise IndexerError(f"cannot resolve {host}: {e}") from e
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast:
-            raise IndexerError(f"{host} resolves to {addr}, a private or loopback address: refused")
-
-
-def _download(url: str, max_bytes: int, timeout: float) -> bytes:
-    import urllib.request
-
-    host = urlparse(url).hostname or ""
-    _check_host(host)
-    req = urllib.request.Request(url, headers={"User-Agent": "dqe-cir-indexer"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (scheme checked above)
-            data = resp.read(max_bytes + 1)
-    except OSError as e:
-        raise IndexerError(f"{url}: download failed ({e})") from e
-    if len(data) > max_bytes:
-        raise IndexerError(f"{url}: larger than the {max_bytes}-byte limit")
-    return data

@@ -16,6 +16,12 @@ from indexer.settings import load_settings
 
 settings = load_settings()
 
+
+def restore_interval(visibility_timeout: int) -> int:
+    """Seconds between the broker's sweeps that put back tasks whose worker died (kombu's default is 100)."""
+    return max(1, min(10, visibility_timeout // 2))
+
+
 app = Celery("indexer", broker=settings.broker_url, backend=settings.result_backend, include=["indexer.tasks"])
 app.conf.update(
     task_serializer="json",
@@ -25,8 +31,13 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_time_limit=settings.task_time_limit,
-    task_soft_time_limit=max(1, settings.task_time_limit - 10),
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    # the soft limit raises inside the task (its chunk is recorded as failed) a little before the hard kill
+    task_soft_time_limit=max(1, settings.task_time_limit - min(10, max(1, settings.task_time_limit // 10))),
+    # kombu sweeps for unacknowledged tasks past their visibility timeout only every interval x throttle
+    # seconds (10 x 10 by default): sweep every few seconds so a dead worker's chunk comes back soon after
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                              "unacked_restore_interval": restore_interval(settings.visibility_timeout),
+                              "unacked_restore_throttle": 1},
     result_expires=24 * 3600,
     broker_connection_retry_on_startup=True,
     task_default_queue=settings.queue,

@@ -1,87 +1,141 @@
-"""Re-index jobs fanned out to Celery workers, with progress read from the Redis ledger.
+"""Re-index jobs fanned out to Celery workers, with progress read from the Redis ledger (indexer.ledger).
 
-The coordinator never holds a local-mode Qdrant folder while workers write: it opens the client to
-create the collection, closes it, and opens it again only to check the count and switch the alias.
+The coordinator holds the alias's job lock for the whole job, streams the catalog into chunk tasks
+(it keeps the catalog's ids and one line per chunk, never image bytes: workers fetch each item once),
+and waits until every chunk is recorded as finished or the deadline passes. The default deadline is
+the visibility timeout plus one task time limit per chunk: every chunk run to its limit one after the
+other, plus one redelivery. Chunks still unreported then are named in the report as lost, their items
+failed with that reason, and the job is cancelled in the ledger so that late tasks skip.
+It never holds a local-mode Qdrant folder while workers write: it opens a client for each step.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from encoder.bundle import read_bundle
-from indexer.catalog import read_catalog
-from indexer.errors import IndexerError
-from indexer.jobs import JobReport, new_version_name, plan_incremental
-from indexer.settings import Settings, qdrant_client, release_client
-from plugin import store
+from indexer import ledger
+from indexer.catalog import Catalog, open_catalog
+from indexer.locks import AliasLocks, alias_lock
+from indexer.report import JobReport, SwapPolicy
+from indexer.settings import Settings, open_client
+from indexer.versions import abandon_quietly, finish_full, finish_incremental, incremental_target, new_version
+
+
+@dataclass(frozen=True)
+class Chunk:
+    name: str
+    first: str
+    last: str
+    size: int
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.first} .. {self.last}, {self.size} items)"
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk-{index:05d}"
+
+
+def default_deadline(n_chunks: int, task_time_limit: float, visibility_timeout: float) -> float:
+    """Seconds to wait for `n_chunks` chunks: each run to its time limit in turn, plus one redelivery."""
+    return visibility_timeout + n_chunks * task_time_limit
 
 
 def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incremental: bool = False,
                        chunk_size: int = 32, payload_indexes: dict | None = None, progress: bool = True,
-                       timeout: float | None = None, poll: float = 0.5, storage: str = "fp32") -> JobReport:
-    from indexer.tasks import done_key, failed_key, index_chunk, ledger
-
+                       timeout: float | None = None, poll: float = 0.5, storage: str = "fp32",
+                       policy: SwapPolicy | None = None) -> JobReport:
+    """A full or incremental job through `celery -A indexer worker` processes. `timeout`: seconds to wait
+    for the chunks (default: default_deadline). Raises IndexerError, with the report in `.report`, when
+    the build must not go live."""
+    policy = policy or SwapPolicy()
     t0 = time.time()
     spec = read_bundle(settings.bundle)
-    root, items = read_catalog(catalog)
-    client = qdrant_client(settings)
-    try:
-        if incremental:
-            plan = plan_incremental(client, spec.fingerprint, root, items, alias, settings.allow_http)
-            name, todo = plan.collection, plan.todo
-            report = JobReport(alias, name, "incremental", total=len(items), unchanged=plan.unchanged,
-                               failed=list(plan.failed))
-        else:
-            name, todo = new_version_name(client, alias), items
-            store.create_collection(client, name, spec, payload_indexes, storage)
-            report = JobReport(alias, name, "full", total=len(items))
-    finally:
-        release_client(settings, client)
-
+    cat = open_catalog(catalog)
+    r = ledger.connect(settings.redis_url)
     job_id = uuid.uuid4().hex
-    r = ledger(settings.redis_url)
-    try:
-        r.ping()
-    except Exception as e:
-        raise IndexerError(f"cannot reach the job ledger at {settings.redis_url}: {e}") from e
-    for s in range(0, len(todo), chunk_size):
-        chunk = [asdict(it) for it in todo[s: s + chunk_size]]
-        index_chunk.apply_async(args=[job_id, name, chunk, str(root)])
-    bar = tqdm(total=len(todo), desc=f"index {name} via workers", unit="img", disable=not progress)
-    seen = 0
-    while True:
-        finished = r.scard(done_key(job_id)) + r.hlen(failed_key(job_id))
-        bar.update(finished - seen)
-        seen = finished
-        if finished >= len(todo):
-            break
-        if timeout is not None and time.time() - t0 > timeout:
-            bar.close()
-            raise IndexerError(f"job {job_id}: {finished} of {len(todo)} items done after {timeout:.0f}s; are "
-                               "workers running (celery -A indexer worker)? The alias was not switched")
-        time.sleep(poll)
-    bar.close()
-    report.indexed = r.scard(done_key(job_id))
-    report.failed += [{"item_id": k, **json.loads(v)} for k, v in r.hgetall(failed_key(job_id)).items()]
-
-    client = qdrant_client(settings)
-    try:
-        if incremental:
-            store.delete(client, name, plan.gone)
-            report.deleted = len(plan.gone)
-        else:
-            stored = store.count(client, name)
-            if stored != report.indexed:
-                raise IndexerError(f"collection {name} holds {stored} points but {report.indexed} were indexed; "
-                                   f"the alias {alias!r} was not switched")
-            report.previous = store.switch_alias(client, alias, name)
-    finally:
-        release_client(settings, client)
+    with alias_lock(settings, alias, job_id, distributed=True) as lock:
+        with open_client(settings) as client:
+            if incremental:
+                name = incremental_target(client, alias, spec.fingerprint)
+            else:
+                name = new_version(client, alias, spec, payload_indexes, storage)
+        report = JobReport(alias, name, "incremental" if incremental else "full", total=cat.count, job_id=job_id)
+        try:
+            chunks = _dispatch(cat, chunk_size, job_id, name, incremental, lock)
+            deadline = timeout if timeout is not None else default_deadline(
+                len(chunks), settings.task_time_limit, settings.visibility_timeout)
+            lost = _wait(r, job_id, chunks, deadline, poll, lock, progress, cat.count, name)
+        except BaseException:
+            ledger.cancel(r, job_id)
+            if not incremental:
+                with open_client(settings) as client:
+                    abandon_quietly(client, name, policy, "the job stopped with an error")
+            raise
+        report.indexed, report.unchanged, report.failed = ledger.outcome(r, job_id)
+        if lost:
+            ledger.cancel(r, job_id)
+            _fail_lost(report, cat, chunk_size, lost, deadline, settings.queue)
+        report.seconds = time.time() - t0
+        with open_client(settings) as client:
+            if incremental:
+                finish_incremental(client, report, cat.ids, policy)
+            else:
+                finish_full(client, report, policy)
     report.seconds = time.time() - t0
     return report
+
+
+def _dispatch(cat: Catalog, chunk_size: int, job_id: str, collection: str, incremental: bool,
+              lock: AliasLocks) -> list[Chunk]:
+    from indexer.tasks import index_chunk
+
+    chunks = []
+    for n, items in enumerate(cat.chunks(chunk_size)):
+        name = chunk_name(n)
+        index_chunk.apply_async(kwargs={"job_id": job_id, "chunk": name, "collection": collection,
+                                        "items": [asdict(it) for it in items], "root": str(cat.root),
+                                        "incremental": incremental})
+        chunks.append(Chunk(name, items[0].item_id, items[-1].item_id, len(items)))
+        lock.renew()
+    return chunks
+
+
+def _wait(r, job_id: str, chunks: list[Chunk], deadline: float, poll: float, lock: AliasLocks, progress: bool,
+          total: int, name: str) -> list[Chunk]:
+    """Wait until every chunk is finished; the chunks still unfinished at the deadline (lost)."""
+    start = time.time()
+    bar = tqdm(total=total, desc=f"index {name} via workers", unit="img", disable=not progress)
+    try:
+        while True:
+            finished, ok, failed = ledger.counts(r, job_id)
+            bar.n = ok + failed
+            bar.refresh()
+            if finished >= len(chunks):
+                return []
+            if time.time() - start > deadline:
+                done = ledger.finished_chunks(r, job_id)
+                return [c for c in chunks if c.name not in done]
+            lock.renew()
+            time.sleep(poll)
+    finally:
+        bar.close()
+
+
+def _fail_lost(report: JobReport, cat: Catalog, chunk_size: int, lost: list[Chunk], deadline: float,
+               queue: str) -> None:
+    """Every item of a lost chunk becomes a failure with the reason (the catalog is read again for them)."""
+    report.lost_chunks = [c.describe() for c in lost]
+    lost_names = {c.name for c in lost}
+    for n, items in enumerate(cat.chunks(chunk_size)):
+        name = chunk_name(n)
+        if name in lost_names:
+            reason = (f"{name} got no result within {deadline:.0f}s: no worker took it from queue {queue!r}, or "
+                      "its worker was lost (is `celery -A indexer worker` running?)")
+            report.failed += [{"item_id": it.item_id, "uri": it.uri, "reason": reason} for it in items]

@@ -48,20 +48,29 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
     from plugin import store
 
     where = settings.qdrant_url or f"local folder {settings.qdrant_path}"
+    unreachable = "start Qdrant (docker compose up -d qdrant) and check QDRANT_URL / QDRANT_API_KEY, or QDRANT_PATH"
     try:
         client = qdrant_client(settings)
-        client.get_collections()
-    except Exception as e:  # connection refused, bad API key, a locked local folder...
-        return [Check("qdrant", False, f"{where}: {e}", "start Qdrant (docker compose up -d qdrant) and check "
-                                                         "QDRANT_URL / QDRANT_API_KEY, or QDRANT_PATH")]
-    checks = [Check("qdrant", True, f"{where} answers")]
+    except Exception as e:  # a locked or unreadable local folder
+        return [Check("qdrant", False, f"{where}: {e}", unreachable)]
     try:
+        try:
+            client.get_collections()
+            version = store.server_version(client)
+        except Exception as e:  # connection refused, bad API key...
+            return [Check("qdrant", False, f"{where}: {e}", unreachable)]
+        version_check = check_version(where, version, server=bool(settings.qdrant_url))
+        checks = [version_check]
+        if not version_check.ok:
+            return checks
         try:
             meta = store.collection_info(client, collection)
         except store.StoreError as e:
             checks.append(Check("collection", False, str(e), f"dqe-cir index --catalog SRC --collection {collection}"))
             return checks
-        detail = f"{collection!r}: {meta['points']} points, fingerprint {meta['fingerprint']}"
+        target = store.alias_target(client, collection)
+        detail = (f"{collection!r}{f' -> {target}' if target else ''}: {meta['points']} points, fingerprint "
+                  f"{meta['fingerprint']}, build state {meta.get('state') or 'none (made before build states)'}")
         if spec is not None and meta["fingerprint"] != spec.fingerprint:
             checks.append(Check("collection", False, detail + f" but the bundle is {spec.fingerprint}",
                                 "re-index with this bundle (dqe-cir index), or point DQE_CIR_BUNDLE at the bundle "
@@ -71,6 +80,27 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
     finally:
         release_client(settings, client)
     return checks
+
+
+def check_version(where: str, version: str, server: bool) -> Check:
+    """Qdrant too old for collection metadata fails, with the fix; a client more than one minor version
+    away from the server (Qdrant's compatibility rule) is said in the detail."""
+    from importlib.metadata import version as installed
+
+    from plugin import store
+
+    tested = ".".join(map(str, store.TESTED_QDRANT))
+    client_version = installed("qdrant-client")
+    detail = f"{where} answers: Qdrant {version}" + (f", qdrant-client {client_version}" if server else
+                                                      " (local mode: qdrant-client's own engine)")
+    problem = store.version_problem(version)
+    if problem:
+        fix = (f"upgrade the server to qdrant/qdrant:v{tested}.x (the image docker-compose.yml pins)" if server else
+               f"pip install 'qdrant-client>={tested},<{store.TESTED_QDRANT[0]}.{store.TESTED_QDRANT[1] + 1}'")
+        return Check("qdrant", False, f"{detail}: {problem}", fix)
+    if server and abs(store.parse_version(version)[1] - store.parse_version(client_version)[1]) > 1:
+        detail += f"; client and server are more than one minor version apart (tested: {tested})"
+    return Check("qdrant", True, detail)
 
 
 def check_broker(settings: Settings) -> Check:

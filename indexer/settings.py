@@ -19,6 +19,8 @@ DQE_CIR_THREADS             (onnxruntime default)     intra-op threads per worke
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 ENV_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DQE_CIR_REDIS_URL", "QDRANT_URL", "QDRANT_API_KEY",
@@ -88,7 +90,17 @@ def qdrant_client(settings: Settings):
 
 
 def release_client(settings: Settings, client) -> None:
-    """Give a local-mode folder back (the next process or task needs its lock); a server-mode client
-    stays open for reuse."""
-    if not settings.qdrant_url:
-        client.close()
+    """Close a client this process opened for one job step: a local-mode folder goes back to the next
+    process or task (it holds a lock), a server connection is not left behind. Workers keep one
+    server-mode client per process instead (indexer.tasks)."""
+    client.close()
+
+
+@contextmanager
+def open_client(settings: Settings) -> Iterator:
+    """`with open_client(settings) as client:` a client for one step, closed afterwards."""
+    client = qdrant_client(settings)
+    try:
+        yield client
+    finally:
+        release_client(settings, client)

@@ -1,27 +1,40 @@
-"""Worker tasks and the Redis job ledger that the coordinator reads progress from.
+"""Worker tasks: embed a chunk of catalog items and write it, recording the outcome in the job ledger
+(indexer.ledger) whether the chunk succeeds or fails for good.
 
-Ledger keys (per job): dqe-cir:job:<id>:done   SET of item ids indexed
-                       dqe-cir:job:<id>:failed HASH item id -> reason
-A redelivered chunk re-adds the same ids to the set, so counts never double.
+A chunk fails for good on a StoreError (e.g. a worker whose bundle differs from the collection's), on
+any other unexpected exception, on a time limit, or when its retries for transient errors (a store or
+broker hiccup, judged by exception type) run out; then `ChunkTask.on_failure` records every item of
+the chunk not already indexed as failed, with the reason. Celery calls it in the worker process, or in
+the pool's parent when the hard time limit killed the child.
+
+Qdrant clients: a server-mode client is made once per worker process and closed at its shutdown; a
+local-mode client is opened and closed around each use (the folder allows one holder at a time).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from celery import Task
+from celery.signals import worker_process_shutdown, worker_shutdown
 
 from encoder import Encoder
+from indexer import ledger
 from indexer.catalog import CatalogItem
 from indexer.celery import app, settings
-from indexer.jobs import embed_items
-from indexer.settings import release_client
+from indexer.jobs import ChunkResult, embed_chunk
+from indexer.settings import qdrant_client
 from plugin import store
 
+log = logging.getLogger(__name__)
 _ENCODER: tuple[int, Encoder] | None = None
-LEDGER_TTL = 7 * 24 * 3600
+_CLIENT: tuple[int, object] | None = None
+CHUNK_ARGS = ("job_id", "chunk", "collection", "items", "root", "incremental")
 
 
 def worker_encoder() -> Encoder:
@@ -32,66 +45,89 @@ def worker_encoder() -> Encoder:
     return _ENCODER[1]
 
 
-def ledger(redis_url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(redis_url or settings.redis_url, decode_responses=True)
+@contextmanager
+def task_client() -> Iterator:
+    """The process's server-mode client, or a local-mode client for this one use."""
+    global _CLIENT
+    if settings.qdrant_url:
+        if _CLIENT is None or _CLIENT[0] != os.getpid():
+            _CLIENT = (os.getpid(), qdrant_client(settings))
+        yield _CLIENT[1]
+        return
+    client = qdrant_client(settings)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
-def done_key(job_id: str) -> str:
-    return f"dqe-cir:job:{job_id}:done"
-
-
-def failed_key(job_id: str) -> str:
-    return f"dqe-cir:job:{job_id}:failed"
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def close_worker_client(**_) -> None:
+    """Close this process's server-mode client when the worker (or its pool child) shuts down."""
+    global _CLIENT
+    if _CLIENT is not None and _CLIENT[0] == os.getpid():
+        _CLIENT[1].close()
+    _CLIENT = None
 
 
 class TransientError(Exception):
-    """A store or broker hiccup worth retrying (connection refused, timeout, a busy local-mode folder)."""
+    """A store or broker hiccup worth retrying (connection refused, timeout, a busy server or folder)."""
 
 
-def _is_transient(e: Exception) -> bool:
-    text = f"{type(e).__name__}: {e}".lower()
-    return any(s in text for s in ("connection", "timeout", "timed out", "unavailable", "already accessed",
-                                   "temporarily", "503", "502"))
+def is_transient(e: BaseException) -> bool:
+    return store.is_transient(e) or isinstance(e, (redis.ConnectionError, redis.TimeoutError))
 
 
-@app.task(bind=True, name="indexer.index_chunk", autoretry_for=(TransientError,), retry_backoff=True,
-          retry_backoff_max=60, retry_jitter=True, max_retries=8)
-def index_chunk(self, job_id: str, collection: str, items: list[dict], root: str) -> dict:
+class ChunkTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        call = {**dict(zip(CHUNK_ARGS, args, strict=False)), **(kwargs or {})}
+        reason = f"chunk {call['chunk']} failed: {type(exc).__name__}: {exc}"
+        try:
+            ledger.record_chunk_failure(ledger.client(settings.redis_url), call["job_id"], call["chunk"],
+                                        call["items"], reason)
+        except redis.RedisError:  # the coordinator will report the chunk as lost at its deadline
+            log.exception("could not record the failure of %s of job %s in the ledger", call["chunk"], call["job_id"])
+
+
+@app.task(bind=True, base=ChunkTask, name="indexer.index_chunk", autoretry_for=(TransientError,),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
+def index_chunk(self, job_id: str, chunk: str, collection: str, items: list[dict], root: str,
+                incremental: bool = False) -> dict:
     """Embed a chunk of catalog items and upsert them; bad items go to the job's failure report."""
-    enc = worker_encoder()
+    r = ledger.client(settings.redis_url)
+    if ledger.is_cancelled(r, job_id):
+        ledger.record_chunk_failure(r, job_id, chunk, items, f"chunk {chunk} was not run: the job had stopped "
+                                                             "waiting for it")
+        return {"skipped": len(items)}
     catalog_items = [CatalogItem(i["item_id"], i["uri"], i.get("payload") or {}) for i in items]
     root_path = Path(root).resolve()
-    if settings.catalog_root and not root_path.is_relative_to(Path(settings.catalog_root).resolve()):
-        reason = f"catalog root {root_path} is outside DQE_CIR_CATALOG_ROOT"
-        good, failed = [], [{"item_id": i.item_id, "uri": i.uri, "reason": reason} for i in catalog_items]
-    else:
-        good, failed = embed_items(enc, catalog_items, root_path, settings.allow_http)
     try:
-        client = _client()
-        try:
-            store.check_fingerprint(client, collection, enc.fingerprint)
-            store.upsert(client, collection, good)
-        finally:
-            release_client(settings, client)
+        if settings.catalog_root and not root_path.is_relative_to(Path(settings.catalog_root).resolve()):
+            reason = f"catalog root {root_path} is outside DQE_CIR_CATALOG_ROOT"
+            result = ChunkResult(failed=[{"item_id": i.item_id, "uri": i.uri, "reason": reason}
+                                         for i in catalog_items])
+        else:
+            result = _embed_and_write(collection, catalog_items, root_path, incremental)
+        ledger.record_chunk(r, job_id, chunk, [g.item_id for g in result.good], result.unchanged, result.failed)
     except store.StoreError:
-        raise  # a fingerprint mismatch is no hiccup: fail loudly
+        raise  # a fingerprint mismatch or a missing collection is no hiccup: fail for good, loudly
     except Exception as e:
-        if _is_transient(e):
-            raise TransientError(str(e)) from e
+        if is_transient(e):
+            raise TransientError(f"{type(e).__name__}: {e} (attempt {self.request.retries + 1} of "
+                                 f"{self.max_retries + 1})") from e
         raise
-    r = ledger()
-    pipe = r.pipeline()
-    if good:
-        pipe.sadd(done_key(job_id), *[g.item_id for g in good])
-    for f in failed:
-        pipe.hset(failed_key(job_id), f["item_id"], json.dumps({"uri": f["uri"], "reason": f["reason"]}))
-    pipe.expire(done_key(job_id), LEDGER_TTL)
-    pipe.expire(failed_key(job_id), LEDGER_TTL)
-    pipe.execute()
-    return {"indexed": len(good), "failed": len(failed)}
+    return {"indexed": len(result.good), "unchanged": len(result.unchanged), "failed": len(result.failed)}
 
 
-def _client():
-    from indexer.settings import qdrant_client
-
-    return qdrant_client(settings)
+def _embed_and_write(collection: str, items: list[CatalogItem], root: Path, incremental: bool) -> ChunkResult:
+    enc = worker_encoder()
+    known = None
+    if incremental:
+        with task_client() as client:
+            known = store.content_hashes(client, collection, [i.item_id for i in items])
+    result = embed_chunk(enc, items, root, settings.allow_http, known)
+    with task_client() as client:
+        store.check_fingerprint(client, collection, enc.fingerprint)
+        store.upsert(client, collection, result.good)
+    return result

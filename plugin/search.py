@@ -7,12 +7,20 @@
 
 `explain=True` asks Qdrant for each hit's token vectors (Q x D floats a hit) to split its score into
 base / color / shape parts; without it no vectors travel, only ids, scores and payloads.
+
+A long-lived searcher follows its alias: the alias's target is looked up again once `refresh_seconds`
+have passed (and at once when a query on the old target fails, e.g. a pruned version). A new target
+indexed with the same bundle is simply followed; one indexed with another bundle raises SearchError
+naming both fingerprints: results from two embedding spaces are never mixed. Queries go to the
+concrete collection that was checked, never to the alias itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -20,13 +28,14 @@ from qdrant_client import QdrantClient, models
 from encoder import ComposeOutput, Encoder, EncoderError
 from encoder.fusion import ATTRIBUTES, l2_normalize, resolve_weights
 from plugin import store
+from plugin.errors import SearchError
+from plugin.fetch import FetchError, fetch_url
 
-DEFAULT_OVERSAMPLE = 8  # docs/benchmarks/search.md: Recall@10 vs exact 0.888 at 2, 0.989 at 4, 1.000 at 8
+# docs/benchmarks/search-edge.md (Qdrant's engine, 100k items): the smallest oversample with Recall@10 vs exact
+# MaxSim >= 0.99 is 32 (0.997; 16 gave 0.968, 8 gave 0.873). 8 sufficed at 10k: the need grows with the catalog.
+DEFAULT_OVERSAMPLE = 32
 EXACT_BELOW = 2000  # collections smaller than this are searched exactly: it is cheap and has no recall loss
-
-
-class SearchError(Exception):
-    """Bad query input or a collection that cannot be searched with this bundle."""
+REFRESH_SECONDS = 5.0  # how long a searcher trusts its alias's target before looking it up again
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,11 @@ def to_filter(spec) -> models.Filter | None:
 
 class CIRSearch:
     def __init__(self, client: QdrantClient, collection: str = "catalog", bundle=None, encoder: Encoder | None = None,
-                 oversample: int = DEFAULT_OVERSAMPLE, exact_below: int = EXACT_BELOW, catalog_root=None):
+                 oversample: int = DEFAULT_OVERSAMPLE, exact_below: int = EXACT_BELOW, catalog_root=None,
+                 allow_http: bool = False, refresh_seconds: float = REFRESH_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        """`collection`: an alias (followed, see above) or a collection name. `allow_http`: an ItemRef whose
+        stored uri is http(s) is fetched (public hosts only, see plugin.fetch)."""
         if encoder is None and bundle is None:
             raise SearchError("pass bundle=PATH (the model bundle the collection was indexed with) or encoder=")
         self.client, self.collection = client, collection
@@ -75,29 +88,75 @@ class CIRSearch:
             self.encoder = encoder or Encoder(bundle)
         except EncoderError as e:
             raise SearchError(str(e)) from e
+        self.oversample, self.exact_below = oversample, exact_below
+        self.catalog_root, self.allow_http = catalog_root, allow_http
+        self.refresh_seconds, self._clock = refresh_seconds, clock
+        self.target: str | None = None  # the concrete collection queries go to
+        self.meta: dict = {}
+        self._checked_at = 0.0
+        self.follow(force=True)
+
+    # -- the alias --------------------------------------------------------------------------------
+    def follow(self, force: bool = False) -> str:
+        """The collection that `collection` names now (cached for `refresh_seconds`), its fingerprint
+        checked against this searcher's bundle whenever it is looked up."""
+        if not force and self.target is not None and self._clock() - self._checked_at < self.refresh_seconds:
+            return self.target
+        target = store.aliases(self.client).get(self.collection, self.collection)
         try:
-            self.meta = store.check_fingerprint(client, collection, self.encoder.fingerprint)
+            meta = store.collection_info(self.client, target)
         except store.StoreError as e:
             raise SearchError(str(e)) from e
-        self.oversample, self.exact_below = oversample, exact_below
-        self.catalog_root = catalog_root
+        if meta["fingerprint"] != self.encoder.fingerprint:
+            if self.target is None:
+                raise SearchError(f"collection {self.collection!r} ({target}) was indexed with bundle "
+                                  f"{meta['fingerprint']}, but this bundle is {self.encoder.fingerprint}: embeddings "
+                                  "would not be comparable. Re-index with this bundle, or load the bundle the "
+                                  "collection was built with")
+            raise SearchError(f"alias {self.collection!r} moved from {self.target} (bundle {self.meta['fingerprint']}) "
+                              f"to {target}, indexed with bundle {meta['fingerprint']}; this searcher's bundle is "
+                              f"{self.encoder.fingerprint}, so it stops rather than mix the two. Create a new "
+                              "CIRSearch with the new bundle (or roll the alias back: dqe-cir index --rollback)")
+        self.target, self.meta, self._checked_at = target, meta, self._clock()
+        return target
+
+    def _on_target(self, call: Callable[[str], object]):
+        """Run `call(target)`; when it fails, look the alias up again at once and retry once if it moved
+        (the old version may have been pruned since the last look-up)."""
+        target = self.follow()
+        try:
+            return call(target)
+        except Exception as first:  # qdrant-client raises several types (HTTP, gRPC, ValueError in local mode)
+            if self.follow(force=True) == target:
+                raise SearchError(f"query on {self.collection!r} ({target}) failed: {first}") from first
+            try:
+                return call(self.target)
+            except Exception as e:
+                raise SearchError(f"query on {self.collection!r} ({self.target}) failed: {e}") from e
 
     # -- inputs ---------------------------------------------------------------------------------
     def _resolve_image(self, image):
-        if isinstance(image, ItemRef):
-            points = self.client.retrieve(self.collection, [store.point_id(image.item_id)], with_payload=True)
-            if not points:
-                raise SearchError(f"catalog item {image.item_id!r} is not in collection {self.collection!r}")
-            uri = (points[0].payload or {}).get("uri")
-            if not uri:
-                raise SearchError(f"catalog item {image.item_id!r} has no stored uri to read the image from")
-            from pathlib import Path
-
-            path = Path(uri)
-            if not path.is_absolute() and self.catalog_root is not None:
-                path = Path(self.catalog_root) / path
-            return str(path), image.item_id
-        return image, None
+        if not isinstance(image, ItemRef):
+            return image, None
+        pid = store.point_id(image.item_id)
+        points = self._on_target(lambda name: self.client.retrieve(name, [pid], with_payload=True))
+        if not points:
+            raise SearchError(f"catalog item {image.item_id!r} is not in collection {self.collection!r}")
+        uri = (points[0].payload or {}).get("uri")
+        if not uri:
+            raise SearchError(f"catalog item {image.item_id!r} has no stored uri to read the image from")
+        if uri.startswith(("http://", "https://")):
+            if not self.allow_http:
+                raise SearchError(f"catalog item {image.item_id!r} is at {uri}; fetching http(s) is off: pass "
+                                  "CIRSearch(..., allow_http=True) (DQE_CIR_ALLOW_HTTP=1 for dqe-cir search)")
+            try:
+                return fetch_url(uri), image.item_id
+            except FetchError as e:
+                raise SearchError(f"catalog item {image.item_id!r}: {e}") from e
+        path = Path(uri)
+        if not path.is_absolute() and self.catalog_root is not None:
+            path = Path(self.catalog_root) / path
+        return str(path), image.item_id
 
     def compose(self, images: Sequence, texts: Sequence[str]) -> tuple[ComposeOutput, list[str | None]]:
         resolved = [self._resolve_image(img) for img in images]
@@ -130,6 +189,7 @@ class CIRSearch:
         q = parts.fused(weights)
         over = oversample or self.oversample
         if exact is None:
+            self.follow()
             exact = self.meta["points"] < self.exact_below
         requests = []
         for i in range(len(texts)):
@@ -138,10 +198,7 @@ class CIRSearch:
                 flt = models.Filter(must=[flt] if flt else None,
                                     must_not=[models.HasIdCondition(has_id=[store.point_id(refs[i])])])
             requests.append(self._request(q[i], k, flt, exact, over, explain))
-        try:
-            responses = self.client.query_batch_points(self.collection, requests=requests)
-        except Exception as e:  # qdrant-client raises several types (HTTP, gRPC, ValueError in local mode)
-            raise SearchError(f"query on {self.collection!r} failed: {e}") from e
+        responses = self._on_target(lambda name: self.client.query_batch_points(name, requests=requests))
         out = []
         attr = {"color": l2_normalize(parts.q_color), "shape": l2_normalize(parts.q_shape)}
         for i, resp in enumerate(responses):

@@ -6,12 +6,19 @@ same functions. Schema (ARCHITECTURE.md):
                    no HNSW graph (it is only re-scored, never searched on its own)
            pooled: [D], cosine, HNSW: the prefetch stage
   payload  the item's payload + "item_id" + "uri" (+ "content_hash" for incremental re-index)
-  metadata {"dqe_cir": {"fingerprint", "embed_dim", "num_query_tokens", "format_version"}}
+  metadata {"dqe_cir": {"fingerprint", "embed_dim", "num_query_tokens", "format_version", "state", "created"}}
+           state: building (being filled), complete (count checked; the only state an alias moves to or
+           rolls back to), failed (a refused build kept with --keep-failed); none on collections made
+           before states existed
   point id uuid5(NAMESPACE, item_id): a redelivered task overwrites instead of duplicating.
+
+Collection metadata arrived in Qdrant 1.16 (server, client and local mode): MIN_QDRANT is the oldest
+version that works, TESTED_QDRANT the minor version the extras and docker-compose.yml pin.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -36,8 +43,13 @@ PAYLOAD_TYPES = {
 }
 
 
+MIN_QDRANT = (1, 16)
+TESTED_QDRANT = (1, 20)
+BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
+
+
 class StoreError(Exception):
-    """A Qdrant-side problem: missing collection, schema or fingerprint mismatch."""
+    """A Qdrant-side problem: missing collection, schema or fingerprint mismatch, an old Qdrant."""
 
 
 def point_id(item_id: str) -> str:
@@ -67,6 +79,10 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
     `storage`: fp32, fp16 (half the RAM) or int8 (scalar quantisation, originals on disk)."""
     if storage not in STORAGE:
         raise StoreError(f"storage must be one of {STORAGE}, not {storage!r}")
+    indexes = {"item_id": "keyword", **(payload_indexes or {})}
+    for field, kind in indexes.items():  # before anything exists: a bad type leaves no orphan behind
+        if kind not in PAYLOAD_TYPES:
+            raise StoreError(f"unknown payload index type {kind!r} for {field!r}; use one of {sorted(PAYLOAD_TYPES)}")
     if client.collection_exists(name):
         raise StoreError(f"collection {name!r} already exists")
     d = spec.embed_dim
@@ -84,11 +100,10 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
         },
         quantization_config=quant,
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
-                             "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version}},
+                             "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version,
+                             "state": BUILDING, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
     )
-    for field, kind in {"item_id": "keyword", **(payload_indexes or {})}.items():
-        if kind not in PAYLOAD_TYPES:
-            raise StoreError(f"unknown payload index type {kind!r} for {field!r}; use one of {sorted(PAYLOAD_TYPES)}")
+    for field, kind in indexes.items():
         with warnings.catch_warnings():
             # local mode ignores payload indexes and says so; a server uses them
             warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
@@ -104,6 +119,28 @@ def collection_info(client: QdrantClient, name: str) -> dict:
     if not meta:
         raise StoreError(f"collection {name!r} has no {META_KEY!r} metadata: it was not created by dqe-cir")
     return {**meta, "points": info.points_count or 0}
+
+
+def set_state(client: QdrantClient, name: str, state: str, reason: str = "") -> None:
+    """Record a collection's build state (and why, for a failed one) in its metadata."""
+    meta = {k: v for k, v in collection_info(client, name).items() if k != "points"}
+    client.update_collection(name, metadata={META_KEY: {**meta, "state": state, "reason": reason}})
+
+
+def drop_collection(client: QdrantClient, name: str) -> None:
+    client.delete_collection(name)
+
+
+def parse_payload_indexes(specs: Sequence[str] | None) -> dict[str, str]:
+    """`["brand=keyword", ...]` -> {"brand": "keyword"}, with a message for a malformed one."""
+    out = {}
+    for spec in specs or []:
+        field, sep, kind = spec.partition("=")
+        if not sep or not field.strip() or kind.strip() not in PAYLOAD_TYPES:
+            raise StoreError(f"--payload-index {spec!r}: expected FIELD=TYPE with TYPE one of {sorted(PAYLOAD_TYPES)}, "
+                             "e.g. brand=keyword")
+        out[field.strip()] = kind.strip()
+    return out
 
 
 def check_fingerprint(client: QdrantClient, name: str, fingerprint: str) -> dict:
@@ -134,6 +171,13 @@ def delete(client: QdrantClient, name: str, item_ids: Iterable[str]) -> None:
     ids = [point_id(i) for i in item_ids]
     if ids:
         client.delete(name, points_selector=models.PointIdsList(points=ids), wait=True)
+
+
+def content_hashes(client: QdrantClient, name: str, item_ids: Sequence[str]) -> dict[str, str]:
+    """item id -> the stored content hash, for the items of `item_ids` that are in the collection."""
+    points = client.retrieve(name, [point_id(i) for i in item_ids], with_payload=["item_id", "content_hash"],
+                             with_vectors=False)
+    return {p.payload["item_id"]: p.payload.get("content_hash") for p in points if p.payload}
 
 
 def count(client: QdrantClient, name: str) -> int:
@@ -172,7 +216,76 @@ def switch_alias(client: QdrantClient, alias: str, collection: str) -> str | Non
     return previous
 
 
-def versions(client: QdrantClient, alias: str) -> list[str]:
-    """The versioned collections `<alias>__<version>`, oldest first."""
-    prefix = f"{alias}__"
-    return sorted(c.name for c in client.get_collections().collections if c.name.startswith(prefix))
+def aliases(client: QdrantClient) -> dict[str, str]:
+    """Every alias -> the collection it points at."""
+    return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+
+
+def collections(client: QdrantClient) -> list[str]:
+    return [c.name for c in client.get_collections().collections]
+
+
+# --- versions of Qdrant ----------------------------------------------------------------
+def server_version(client: QdrantClient) -> str:
+    """The Qdrant version that serves `client`: the server's, or in local mode qdrant-client's own."""
+    return client.info().version
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    core = text.strip().lstrip("v").split("-")[0].split("+")[0]
+    try:
+        return tuple(int(p) for p in core.split("."))
+    except ValueError as e:
+        raise StoreError(f"cannot read the Qdrant version {text!r}") from e
+
+
+def version_problem(version: str) -> str | None:
+    """Why this Qdrant version cannot serve dqe-cir collections, or None when it can."""
+    if parse_version(version)[:2] < MIN_QDRANT:
+        floor = ".".join(map(str, MIN_QDRANT))
+        return (f"Qdrant {version} is older than {floor}, the first version with collection metadata (where the "
+                "bundle fingerprint and the build state are kept)")
+    return None
+
+
+# --- which errors are worth a retry ------------------------------------------------------
+RETRY_STATUS = {429, 502, 503, 504}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A hiccup worth retrying, judged by the exception's type (and its causes): a refused or timed-out
+    connection, a busy server (HTTP 429/502/503/504, gRPC UNAVAILABLE / DEADLINE_EXCEEDED /
+    RESOURCE_EXHAUSTED), or a local-mode folder held by another process."""
+    import httpx
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, TimeoutError, httpx.TransportError, ResponseHandlingException)):
+            return True
+        if isinstance(e, UnexpectedResponse) and e.status_code in RETRY_STATUS:
+            return True
+        if _grpc_busy(e) or _folder_locked(e):
+            return True
+        e = getattr(e, "source", None) or e.__cause__ or e.__context__
+    return False
+
+
+def _grpc_busy(e: BaseException) -> bool:
+    try:
+        import grpc
+    except ImportError:
+        return False
+    busy = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    return isinstance(e, grpc.RpcError) and hasattr(e, "code") and e.code() in busy
+
+
+def _folder_locked(e: BaseException) -> bool:
+    """Local mode raises RuntimeError while handling portalocker's LockException: the cause chain has it."""
+    try:
+        from portalocker.exceptions import LockException
+    except ImportError:
+        return False
+    return isinstance(e, LockException)

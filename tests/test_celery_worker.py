@@ -1,149 +1,163 @@
 """Real components: Redis at 127.0.0.1:6379 (db 15) and `celery -A indexer worker` subprocesses (solo
-pool) writing to a local-mode Qdrant folder."""
+pool) writing to a local-mode Qdrant folder. Helpers in tests/workers.py."""
 
-import os
+import re
 import signal
-import subprocess
-import sys
 import threading
-import time
-import uuid
-from pathlib import Path
 
 import pytest
-import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/15"
+from indexer import IndexerError
+from indexer.jobs import SwapPolicy
+from tests import workers
+from tests.conftest import make_bad_catalog
+from tests.workers import REDIS_URL, start_worker, stop, stored, wait_until
 
 
 @pytest.fixture()
 def celery_env(tmp_path, tiny_bundle, monkeypatch):
-    try:
-        redis.Redis.from_url(REDIS_URL).ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis is not running at 127.0.0.1:6379 (CI starts it in .ci/run)")
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {"CELERY_BROKER_URL": REDIS_URL, "QDRANT_PATH": str(tmp_path / "qdrant"), "DQE_CIR_BUNDLE": str(tiny_bundle),
-           "DQE_CIR_TASK_TIME_LIMIT": "5", "DQE_CIR_VISIBILITY_TIMEOUT": "6",
-           "DQE_CIR_QUEUE": f"test-{uuid.uuid4().hex[:8]}", "DQE_CIR_THREADS": "1"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    import indexer.celery as celery_mod
-    from indexer.settings import load_settings
-
-    settings = load_settings()
-    # The app reads the environment at import; point it at this test's broker and queue, and put
-    # everything back afterwards so that other tests see the defaults.
-    saved = {k: celery_mod.app.conf[k] for k in ("broker_url", "result_backend", "task_default_queue")}
-    celery_mod.app.conf.update(broker_url=REDIS_URL, result_backend=REDIS_URL, task_default_queue=settings.queue)
-    import indexer.tasks as tasks_mod
-
-    monkeypatch.setattr(celery_mod, "settings", settings)
-    monkeypatch.setattr(tasks_mod, "settings", settings)
-    yield {**os.environ, **env}, settings
-    celery_mod.app.conf.update(**saved)
+    yield from workers.celery_env(tmp_path, tiny_bundle, monkeypatch)
 
 
-def start_worker(env, tmp_path, name):
-    log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "indexer", "worker", "--pool", "solo",
-                             "--loglevel", "INFO", "-Q", env["DQE_CIR_QUEUE"], "-n", f"{name}@%h"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def copy_images(synth_small, dest, n):
+    dest.mkdir()
+    paths = sorted((synth_small / "val").glob("*.png"))[:n]
+    for p in paths:
+        (dest / p.name).write_bytes(p.read_bytes())
+    return paths
 
 
-def stop(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
+def task_ids(tmp_path, worker: str, event: str) -> set[str]:
+    """Ids of the chunk tasks a worker's log says were received / succeeded."""
+    return set(re.findall(rf"Task indexer\.index_chunk\[([0-9a-f-]+)\] {event}", workers.log_text(tmp_path, worker)))
 
 
-def point_ids(settings):
-    from qdrant_client import QdrantClient
-
-    client = QdrantClient(path=settings.qdrant_path)
-    try:
-        from plugin import store
-
-        return [p["item_id"] for p in store.scroll_payloads(client, "catalog", ["item_id"])], \
-            store.count(client, "catalog")
-    finally:
-        client.close()
-
-
-def test_full_job_through_a_worker(celery_env, synth_small, tmp_path):
+def test_full_then_incremental_job_through_a_worker(celery_env, synth_small, tmp_path):
     env, settings = celery_env
     from indexer.distributed import index_with_workers
 
+    paths = copy_images(synth_small, tmp_path / "cat", 24)
     worker = start_worker(env, tmp_path, "w1")
     try:
-        report = index_with_workers(synth_small / "val", "catalog", settings, chunk_size=64, progress=False,
-                                    timeout=240)
+        report = index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=8, progress=False, timeout=240)
+        assert report.indexed == 24 and not report.failed and not report.lost_chunks
+        ids, count = stored(settings)
+        assert count == 24 and len(set(ids)) == 24
+        extra = sorted((synth_small / "val").glob("*.png"))[30]
+        (tmp_path / "cat" / paths[0].name).write_bytes(extra.read_bytes())  # changed
+        (tmp_path / "cat" / paths[1].name).unlink()  # removed
+        (tmp_path / "cat" / extra.name).write_bytes(extra.read_bytes())  # added
+        inc = index_with_workers(tmp_path / "cat", "catalog", settings, incremental=True, chunk_size=8,
+                                 progress=False, timeout=240)
     finally:
         stop(worker)
-    n = len(list((synth_small / "val").glob("*.png")))
-    assert report.indexed == n and not report.failed
-    ids, count = point_ids(settings)
-    assert count == n and len(set(ids)) == n
+    assert (inc.indexed, inc.unchanged, inc.deleted, inc.failed) == (2, 22, 1, [])
+    assert inc.collection == report.collection and stored(settings)[1] == 24
 
 
 def test_sigkill_mid_job_loses_and_duplicates_nothing(celery_env, synth_small, tmp_path):
     env, settings = celery_env
+    from indexer import ledger
     from indexer.distributed import index_with_workers
-    from indexer.tasks import done_key, ledger
 
-    catalog = synth_small / "val"
-    n = len(list(catalog.glob("*.png")))
+    copy_images(synth_small, tmp_path / "cat", 80)
     result = {}
 
     def run():
         try:
-            result["report"] = index_with_workers(catalog, "catalog", settings, chunk_size=8, progress=False,
+            result["report"] = index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=4, progress=False,
                                                   timeout=400)
         except Exception as e:  # surfaced by the assertion below
             result["error"] = e
 
+    r = ledger.client(REDIS_URL)
     worker = start_worker(env, tmp_path, "w1")
     job = threading.Thread(target=run)
     job.start()
-    r = ledger(REDIS_URL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        keys = r.keys("dqe-cir:job:*:done")
-        if keys and r.scard(keys[0]) >= 40:
-            break
-        time.sleep(0.2)
-    else:
-        stop(worker, signal.SIGKILL)
-        pytest.fail(f"the worker made no progress; see {tmp_path / 'w1.log'}")
-    stop(worker, signal.SIGKILL)  # mid-job: a task is in flight, unacknowledged
-    done_at_kill = r.scard(r.keys("dqe-cir:job:*:done")[0])
-    assert done_at_kill < n
+    try:
+        keys = wait_until(lambda: r.keys("dqe-cir:job:*:chunks"), "the job's first finished chunk")
+        wait_until(lambda: r.hlen(keys[0]) >= 3, "three finished chunks")
+    finally:
+        stop(worker, signal.SIGKILL)  # mid-job: a task is in flight, unacknowledged
+    assert r.hlen(keys[0]) < 20
+    in_flight = task_ids(tmp_path, "w1", "received") - task_ids(tmp_path, "w1", "succeeded")
     worker2 = start_worker(env, tmp_path, "w2")
     try:
-        job.join(timeout=420)
+        # the killed worker's chunk comes back once the visibility timeout (6 s here) has passed
+        wait_until(lambda: in_flight <= task_ids(tmp_path, "w2", "received"), "the killed chunk's redelivery",
+                   limit=120, every=0.5)
+        wait_until(lambda: not job.is_alive(), "the job to finish on the second worker", limit=420, every=0.5)
     finally:
         stop(worker2)
     assert "error" not in result, result.get("error")
     report = result["report"]
-    assert report.indexed == n and not report.failed
-    ids, count = point_ids(settings)
-    assert count == n and len(ids) == len(set(ids)) == n
-    assert done_key  # the ledger key helper is what the job read
+    assert report.indexed == 80 and not report.failed
+    ids, count = stored(settings)
+    assert count == 80 and len(ids) == len(set(ids)) == 80
 
 
 def test_bad_images_through_a_worker_land_in_the_failure_report(celery_env, synth_small, tmp_path):
     from indexer.distributed import index_with_workers
-    from tests.conftest import make_bad_catalog
 
     env, settings = celery_env
     bad = make_bad_catalog(tmp_path / "cat", sorted((synth_small / "val").glob("*.png"))[:6])
     worker = start_worker(env, tmp_path, "w1")
     try:
-        report = index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=4, progress=False, timeout=240)
+        report = index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=4, progress=False, timeout=240,
+                                    policy=SwapPolicy(max_failed=0.5))
     finally:
         stop(worker)
     assert report.indexed == 6
     assert {f["item_id"] for f in report.failed} == bad and all(f["reason"] for f in report.failed)
-    ids, count = point_ids(settings)
-    assert count == 6
+    assert stored(settings)[1] == 6
+
+
+def test_lost_chunks_are_named_and_a_second_job_on_the_alias_fails_fast(celery_env, synth_small, tmp_path):
+    """No worker at all: the job reports its chunks as lost at its deadline instead of waiting forever, and
+    meanwhile a second job on the same alias is refused at once by the Redis lock."""
+    from indexer import ledger
+    from indexer.distributed import index_with_workers
+
+    _, settings = celery_env
+    copy_images(synth_small, tmp_path / "cat", 6)
+    result = {}
+
+    def first():
+        try:
+            index_with_workers(tmp_path / "cat", "catalog", settings, chunk_size=4, progress=False, timeout=3)
+        except IndexerError as e:
+            result["error"] = e
+
+    r = ledger.client(REDIS_URL)
+    job = threading.Thread(target=first)
+    job.start()
+    try:
+        wait_until(lambda: r.keys("dqe-cir:lock:*:catalog"), "the first job's lock")
+        with pytest.raises(IndexerError, match="another index job is running on alias 'catalog' \\(job [0-9a-f]+ on"):
+            index_with_workers(tmp_path / "cat", "catalog", settings, progress=False, timeout=3)
+    finally:
+        job.join(timeout=120)
+    error = result["error"]
+    assert "lost chunks: chunk-00000 (val-" in str(error) and "chunk-00001" in str(error)
+    report = error.report
+    assert len(report.lost_chunks) == 2 and len(report.failed) == 6 and report.indexed == 0
+    assert all("got no result within 3s" in f["reason"] for f in report.failed)
+    assert stored(settings) is None and workers.collections(settings) == []  # the empty build was deleted
+    assert not r.keys("dqe-cir:lock:*")  # released
+    assert ledger.is_cancelled(r, report.job_id)  # late tasks will skip
+
+
+def test_the_redis_lock_names_its_owner_expires_and_is_lost_loudly(celery_env):
+    from indexer.locks import RedisAliasLock
+
+    first = RedisAliasLock(REDIS_URL, "qdrant-a", "shop", "job 1 on host-a", ttl=1)
+    first.acquire()
+    with pytest.raises(IndexerError, match=r"alias 'shop' \(job 1 on host-a\).*expires in"):
+        RedisAliasLock(REDIS_URL, "qdrant-a", "shop", "job 2").acquire()
+    RedisAliasLock(REDIS_URL, "qdrant-b", "shop", "job 3").acquire()  # the same alias on another Qdrant is free
+    second = RedisAliasLock(REDIS_URL, "qdrant-a", "shop", "job 2")
+    wait_until(lambda: not first.redis.exists(first.name), "the unrenewed lock to expire", limit=30)
+    second.acquire()
+    with pytest.raises(IndexerError, match="lost the job lock"):
+        first.renew()
+    second.release()

@@ -160,3 +160,18 @@ def test_shipped_demo_model_is_safetensors_and_small():
     assert SHIPPED_MODEL.stat().st_size < 25e6
     model, _, meta = load_checkpoint(SHIPPED_MODEL)
     assert meta["model_config"]["preset"] == "demo" and meta["step"] > 0
+
+
+def test_file_kind_is_not_fooled_by_a_header_length_ending_in_0x80(tmp_path):
+    """A safetensors header of 0x..80 bytes starts with the byte a pickle starts with."""
+    import json as _json
+
+    header = _json.dumps({"__metadata__": {"pad": ""}}).encode()
+    header += b" " * ((0x180 - len(header)) % 0x100 or 0x100)
+    assert len(header) % 0x100 == 0x80
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert path.read_bytes()[:1] == b"\x80"
+    assert file_kind(path) == "safetensors"
+    (tmp_path / "old.pt").write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    assert file_kind(tmp_path / "old.pt") == "pickle"

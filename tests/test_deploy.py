@@ -147,3 +147,41 @@ def test_doctor_wrong_fingerprint(healthy, capsys, tiny_bundle, tmp_path):
     write_bundle_json(other, read_bundle(other, verify=False))  # a valid bundle, but not the indexed one
     code, out = _doctor(["--bundle", str(other), *args[2:]], capsys)
     assert code == 1 and "[ok] bundle" in out and "[FAIL] collection" in out and "re-index" in out
+
+
+# --- the Qdrant version contract, Flower's exposure (issue #12) -------------------------------
+def test_qdrant_server_image_and_client_pins_agree(compose, extras):
+    from importlib.metadata import version
+
+    from plugin.store import MIN_QDRANT, TESTED_QDRANT
+
+    major, minor = TESTED_QDRANT
+    image = compose["services"]["qdrant"]["image"]
+    assert image.startswith(f"qdrant/qdrant:v{major}.{minor}.") and TESTED_QDRANT >= MIN_QDRANT, image
+    for extra in ("serve", "gpu"):
+        assert f"qdrant-client>={major}.{minor},<{major}.{minor + 1}" in extras[extra], extras[extra]
+    assert tuple(int(p) for p in version("qdrant-client").split(".")[:2]) == TESTED_QDRANT  # what the tests ran
+    assert image.split(":")[1] in (ROOT / "README.md").read_text()  # the README says which versions are tested
+
+
+def test_flower_needs_a_password_and_listens_on_localhost_only(compose):
+    flower = compose["services"]["flower"]
+    assert flower["ports"] and all(p.startswith("127.0.0.1:") for p in flower["ports"])
+    assert any(a.startswith("--basic-auth=${FLOWER_BASIC_AUTH:?") for a in flower["command"])
+
+
+def test_doctor_reports_the_qdrant_version_and_refuses_one_too_old(healthy, capsys, monkeypatch):
+    from qdrant_client import models
+
+    from indexer.doctor import check_version
+
+    args, _, _ = healthy
+    code, out = _doctor(args, capsys)
+    assert code == 0 and "answers: Qdrant 1." in out
+    monkeypatch.setattr(QdrantClient, "info", lambda self: models.VersionInfo(title="qdrant", version="1.15.4"))
+    code, out = _doctor(args, capsys)
+    assert code == 1 and "[FAIL] qdrant" in out and "Qdrant 1.15.4 is older than 1.16" in out
+    assert "fix: pip install 'qdrant-client>=" in out
+    server = check_version("http://qdrant:6333", "1.15.4", server=True)
+    assert not server.ok and "qdrant/qdrant:v" in server.fix
+    assert check_version("http://qdrant:6333", "1.16.0", server=True).ok

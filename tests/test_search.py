@@ -4,10 +4,11 @@ from qdrant_client import QdrantClient, models
 
 from encoder import ComposeOutput, Encoder
 from encoder.bundle import BundleSpec
-from encoder.fusion import maxsim
+from encoder.fusion import maxsim, pooled
 from indexer import IndexerError
-from indexer.jobs import index_catalog, rollback
+from indexer.jobs import SwapPolicy, index_catalog, rollback
 from plugin import CIRSearch, ItemRef, SearchError, store
+from plugin.search import DEFAULT_OVERSAMPLE
 from tests.conftest import make_bad_catalog
 
 
@@ -46,6 +47,70 @@ def test_exact_mode_equals_brute_force_maxsim(indexed, catalog):
         order = np.argsort(-s, kind="stable")[:20]
         assert [h.id for h in hits] == [ids[i] for i in order]
         assert np.allclose([h.score for h in hits], s[order], atol=1e-5)
+
+
+def test_default_two_stage_path_against_exact_maxsim(indexed, catalog, monkeypatch):
+    """exact_below lowered under the collection's size, so the default path runs: prefetch on `pooled`, then
+    MaxSim on `tokens`. Its hits are exact MaxSim over the k x oversample best pooled candidates, and
+    with an oversample that covers the collection they are exact MaxSim over everything."""
+    client, enc, _ = indexed
+    paths = sorted(catalog.glob("*.png"))
+    tokens = enc.encode_images(paths)
+    ids = [p.name for p in paths]
+    sent = []
+    real = client.query_batch_points
+    monkeypatch.setattr(client, "query_batch_points", lambda *a, **kw: sent.append(kw["requests"]) or real(*a, **kw))
+    default = CIRSearch(client, "catalog", encoder=enc, exact_below=10)  # oversample: the default
+    limit = 10 * DEFAULT_OVERSAMPLE
+    covering = CIRSearch(client, "catalog", encoder=enc, exact_below=10, oversample=len(paths) // 10 + 1)
+    for ref, text in [(paths[0], "make the red circle blue"), (paths[5], "add a small green star top left"),
+                      (paths[9], "remove the square")]:
+        q = enc.compose([ref], [text]).fused()
+        hits = default.query(ref, text, k=10, exclude_reference=False)
+        assert sent[-1][0].prefetch is not None and sent[-1][0].prefetch.limit == limit
+        candidates = np.argsort(-(pooled(tokens) @ q[0]), kind="stable")[:limit]
+        order = candidates[np.argsort(-maxsim(q, tokens[candidates])[0], kind="stable")[:10]]
+        assert [h.id for h in hits] == [ids[i] for i in order]
+        assert np.allclose([h.score for h in hits], maxsim(q, tokens[order])[0], atol=1e-5)
+        hits = covering.query(ref, text, k=10, exclude_reference=False)
+        assert sent[-1][0].prefetch is not None
+        exact = np.argsort(-maxsim(q, tokens)[0], kind="stable")[:10]
+        assert [h.id for h in hits] == [ids[i] for i in exact]
+
+
+def test_searcher_follows_the_alias_across_a_reindex_with_the_same_bundle(tiny_bundle, catalog):
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    a = index_catalog(client, enc, catalog, alias="c", progress=False).collection
+    now = [0.0]
+    search = CIRSearch(client, "c", encoder=enc, clock=lambda: now[0], refresh_seconds=5)
+    ref = next(catalog.glob("*.png"))
+    assert search.target == a and len(search.query(ref, "make it red", k=3, exact=True)) == 3
+    b = index_catalog(client, enc, catalog, alias="c", progress=False).collection
+    search.query(ref, "make it red", k=3, exact=True)
+    assert search.target == a  # within refresh_seconds: still the checked version (which still exists)
+    now[0] = 6.0
+    search.query(ref, "make it red", k=3, exact=True)
+    assert search.target == b
+    c = index_catalog(client, enc, catalog, alias="c", progress=False, policy=SwapPolicy(keep=1)).collection
+    assert not client.collection_exists(b)  # pruned under the searcher, inside its refresh window
+    assert len(search.query(ref, "make it red", k=3, exact=True)) == 3 and search.target == c
+
+
+def test_searcher_stops_when_the_alias_moves_to_another_bundle(indexed, catalog):
+    client, enc, _ = indexed
+    search = CIRSearch(client, "catalog", encoder=enc, refresh_seconds=0)
+    old = search.target
+    spec = BundleSpec(embed_dim=enc.spec.embed_dim, num_query_tokens=enc.spec.num_query_tokens, image_size=32,
+                      mean=[0, 0, 0], std=[1, 1, 1], max_text_len=8, opset=18, fingerprint="0" * 32)
+    store.create_collection(client, "catalog__29990101000000", spec)
+    store.switch_alias(client, "catalog", "catalog__29990101000000")
+    with pytest.raises(SearchError) as e:
+        search.query(next(catalog.glob("*.png")), "make it red", k=3)
+    msg = str(e.value)
+    assert old in msg and "catalog__29990101000000" in msg and enc.fingerprint in msg and "0" * 32 in msg
+    store.switch_alias(client, "catalog", old)  # rolled back: the searcher follows again
+    assert len(search.query(next(catalog.glob("*.png")), "make it red", k=3)) == 3
 
 
 def test_reference_item_is_excluded_and_filters_apply(indexed, catalog):
@@ -131,7 +196,8 @@ def test_fingerprint_mismatch_is_refused(indexed, tiny_bundle):
 def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog):
     bad = make_bad_catalog(tmp_path / "cat", sorted(catalog.glob("*.png"))[:5])
     client = QdrantClient(":memory:")
-    report = index_catalog(client, Encoder(tiny_bundle), tmp_path / "cat", alias="c", progress=False)
+    report = index_catalog(client, Encoder(tiny_bundle), tmp_path / "cat", alias="c", progress=False,
+                           policy=SwapPolicy(max_failed=0.5))  # 4 of 9 fail: over the default 1%
     assert report.indexed == 5
     assert {f["item_id"] for f in report.failed} == bad
     assert all(f["reason"] for f in report.failed)
@@ -161,7 +227,7 @@ def test_reindex_switches_alias_and_rolls_back(tiny_bundle, catalog):
     b = index_catalog(client, enc, catalog, alias="c", progress=False)
     assert b.previous == a.collection and store.alias_target(client, "c") == b.collection
     assert rollback(client, "c") == (b.collection, a.collection)
-    with pytest.raises(IndexerError, match="no older version"):
+    with pytest.raises(IndexerError, match="no older complete version"):
         rollback(client, "c")
     with pytest.raises(IndexerError, match="run a full index first"):
         index_catalog(client, enc, catalog, alias="other", incremental=True, progress=False)

@@ -87,8 +87,8 @@ def test_lr_schedule_warms_up_then_decays_to_its_floor():
     assert lr_at(0, 1000, cfg) == pytest.approx(1e-5)
     assert lr_at(99, 1000, cfg) == pytest.approx(1e-3)
     assert lr_at(1000, 1000, cfg) == pytest.approx(1e-5)
-    # a schedule shorter than ten warm-ups still decays: the warm-up shrinks to a tenth of it
-    assert lr_at(9, 100, cfg) == pytest.approx(1e-3) and lr_at(100, 100, cfg) == pytest.approx(1e-5)
+    # a schedule shorter than five warm-ups still decays: the warm-up shrinks to a fifth of it
+    assert lr_at(19, 100, cfg) == pytest.approx(1e-3) and lr_at(100, 100, cfg) == pytest.approx(1e-5)
 
 
 def test_budget_total_steps():

@@ -104,10 +104,12 @@ def file_kind(path: Path) -> str:
     """'safetensors', 'pickle' (torch.save's zip or a raw pickle) or 'unknown', from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "pickle"
+    # safetensors first: its first 8 bytes are the header length, whose low byte can be 0x80 (a pickle's
+    # protocol marker); the '{' that opens the JSON header at byte 8 settles it.
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "pickle"
     return "unknown"
 
 

@@ -44,8 +44,8 @@ RESUME_MAY_CHANGE = ("max_minutes", "progress", "images", "trns_chunk", "threads
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine to lr * min_lr_ratio at `total`. The warm-up never takes more
-    than a tenth of the schedule, so a short (time-budgeted) run still decays."""
-    warmup = max(1, min(cfg.warmup_steps, total // 10))
+    than a fifth of the schedule, so a short (time-budgeted) run still decays."""
+    warmup = max(1, min(cfg.warmup_steps, total // 5))
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
