@@ -147,7 +147,7 @@ def cmd_export(args) -> int:
     from training.export import export_bundle
 
     model, tok, _ = load_checkpoint(args.checkpoint)
-    export_bundle(model, tok, args.out, opset=args.opset, fp16=args.fp16,
+    export_bundle(model, tok, args.out, opset=args.opset, fp16=args.fp16, quantize=args.quantize,
                   source={"checkpoint": str(args.checkpoint), "preset": model.cfg.preset})
     return 0
 
@@ -205,6 +205,9 @@ def register(sub, needs: dict) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--fp16", action="store_true", help="fp16 weights for GPUs (parity tolerance 2e-2)")
+    p.add_argument("--quantize", choices=["int8"], help="int8: dynamic quantisation for CPUs (MatMul weights int8; "
+                                                        "a different model with its own fingerprint, parity "
+                                                        "tolerance 5e-2, ranking agreement reported)")
     p.add_argument("--opset", type=int, default=18)
     p.set_defaults(func=cmd_export)
     needs.update(pretrain=TRAIN_EXTRA, train=TRAIN_EXTRA, eval=TRAIN_EXTRA, export=EXPORT_EXTRA)

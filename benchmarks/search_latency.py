@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, write_page  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.fusion import l2_normalize, maxsim  # noqa: E402
 from plugin import CIRSearch, store  # noqa: E402
@@ -124,9 +124,7 @@ def write(path, rows, recall_rows, args, enc) -> None:
     for size, rec in recall_rows:
         lines.append(f"| {size:,} | " + " | ".join(f"{rec[o]:.3f}" for o in args.oversample) + " |")
     lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_page(path, lines)
 
 
 if __name__ == "__main__":

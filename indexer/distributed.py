@@ -24,7 +24,7 @@ from indexer.catalog import Catalog, open_catalog
 from indexer.locks import AliasLocks, alias_lock
 from indexer.report import JobReport, SwapPolicy
 from indexer.settings import Settings, open_client
-from indexer.versions import abandon_quietly, finish_full, finish_incremental, incremental_target, new_version
+from indexer.versions import abandon_quietly, finish, incremental_target, new_version
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,7 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
             _fail_lost(report, cat, chunk_size, lost, deadline, settings.queue)
         report.seconds = time.time() - t0
         with open_client(settings) as client:
-            if incremental:
-                finish_incremental(client, report, cat.ids, policy)
-            else:
-                finish_full(client, report, policy)
+            finish(client, report, cat.ids, policy)
     report.seconds = time.time() - t0
     return report
 

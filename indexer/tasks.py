@@ -27,7 +27,7 @@ from encoder import Encoder
 from indexer import ledger
 from indexer.catalog import CatalogItem
 from indexer.celery import app, settings
-from indexer.jobs import ChunkResult, embed_chunk
+from indexer.pipeline import ChunkResult, batched, fed_batches
 from indexer.settings import qdrant_client
 from plugin import store
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _ENCODER: tuple[int, Encoder] | None = None
 _CLIENT: tuple[int, object] | None = None
 CHUNK_ARGS = ("job_id", "chunk", "collection", "items", "root", "incremental")
+# A chunk is fed to the encoder in batches of this size, so decoding the next batch and writing the last
+# one overlap encoding this one (indexer.pipeline).
+TASK_BATCH = 16
 
 
 def worker_encoder() -> Encoder:
@@ -121,13 +124,14 @@ def index_chunk(self, job_id: str, chunk: str, collection: str, items: list[dict
 
 
 def _embed_and_write(collection: str, items: list[CatalogItem], root: Path, incremental: bool) -> ChunkResult:
+    """Embed the chunk through the fed encoder and write it; one client for the whole chunk (local mode:
+    the folder is opened once, not once for the look-up and again for the write)."""
     enc = worker_encoder()
-    known = None
-    if incremental:
-        with task_client() as client:
-            known = store.content_hashes(client, collection, [i.item_id for i in items])
-    result = embed_chunk(enc, items, root, settings.allow_http, known)
+    result = ChunkResult()
     with task_client() as client:
         store.check_fingerprint(client, collection, enc.fingerprint)
-        store.upsert(client, collection, result.good)
+        known = (lambda ids: store.content_hashes(client, collection, ids)) if incremental else None
+        for _, part in fed_batches(enc, batched(items, TASK_BATCH), root,
+                                   lambda good: store.upsert(client, collection, good), known, settings.allow_http):
+            result.extend(part)
     return result

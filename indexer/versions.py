@@ -149,3 +149,11 @@ def rollback(client: QdrantClient, alias: str) -> tuple[str, str]:
                            f"to (older versions: {skipped})")
     store.switch_alias(client, alias, good[-1])
     return current, good[-1]
+
+
+def finish(client: QdrantClient, report: JobReport, catalog_ids: set[str], policy: SwapPolicy) -> None:
+    """End a job by its mode: a full build goes live or is refused; an incremental run deletes what is gone."""
+    if report.mode == "incremental":
+        finish_incremental(client, report, catalog_ids, policy)
+    else:
+        finish_full(client, report, policy)

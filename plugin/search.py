@@ -18,6 +18,7 @@ concrete collection that was checked, never to the alias itself.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ from plugin.fetch import FetchError, fetch_url
 DEFAULT_OVERSAMPLE = 32
 EXACT_BELOW = 2000  # collections smaller than this are searched exactly: it is cheap and has no recall loss
 REFRESH_SECONDS = 5.0  # how long a searcher trusts its alias's target before looking it up again
+# int8 collections (scalar quantisation): MaxSim on the int8 codes lost recall (Recall@10 0.865 at 100k even for
+# exact search, docs/benchmarks/search-edge.md); rescoring the codes' top k x 4 with the fp32 originals gave 1.000.
+INT8_RESCORE_OVERSAMPLING = 4.0
 
 
 @dataclass(frozen=True)
@@ -188,17 +192,20 @@ class CIRSearch:
             raise SearchError(str(e)) from e
         q = parts.fused(weights)
         over = oversample or self.oversample
+        self.follow()
         if exact is None:
-            self.follow()
             exact = self.meta["points"] < self.exact_below
+        int8 = self.meta.get("storage") == "int8"
         requests = []
         for i in range(len(texts)):
             flt = base_filter
             if exclude_reference and refs[i] is not None:
                 flt = models.Filter(must=[flt] if flt else None,
                                     must_not=[models.HasIdCondition(has_id=[store.point_id(refs[i])])])
-            requests.append(self._request(q[i], k, flt, exact, over, explain))
-        responses = self._on_target(lambda name: self.client.query_batch_points(name, requests=requests))
+            requests.append(self._request(q[i], k, flt, exact, over, explain, int8))
+        with warnings.catch_warnings():  # local mode searches exactly and says the int8 params do nothing
+            warnings.filterwarnings("ignore", message="Local mode performs exact")
+            responses = self._on_target(lambda name: self.client.query_batch_points(name, requests=requests))
         out = []
         attr = {"color": l2_normalize(parts.q_color), "shape": l2_normalize(parts.q_shape)}
         for i, resp in enumerate(responses):
@@ -216,12 +223,22 @@ class CIRSearch:
         return out
 
     def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int,
-                 explain: bool = False) -> models.QueryRequest:
+                 explain: bool = False, int8: bool = False) -> models.QueryRequest:
+        """Exact MaxSim on `tokens`, or the two-stage request (HNSW prefetch of k x oversample on `pooled`,
+        MaxSim on `tokens`). On an int8 collection the MaxSim stage takes the top k x 4 by the int8 codes
+        and re-scores them with the fp32 originals, and the prefetch re-scores its candidates on `pooled`
+        (originals in RAM): without it Qdrant scores on the codes alone."""
         vec = q.astype(np.float32).tolist()
         vectors = [store.TOKENS] if explain else False  # the breakdown needs the hits' token vectors
+        maxsim_params = prefetch_params = None
+        if int8:
+            maxsim_params = models.SearchParams(quantization=models.QuantizationSearchParams(
+                rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING))
+            prefetch_params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True))
         if exact:
             return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
-                                       with_vector=vectors)
-        prefetch = models.Prefetch(query=vec, using=store.POOLED, filter=flt, limit=k * max(1, oversample))
+                                       with_vector=vectors, params=maxsim_params)
+        prefetch = models.Prefetch(query=vec, using=store.POOLED, filter=flt, limit=k * max(1, oversample),
+                                   params=prefetch_params)
         return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,
-                                   with_vector=vectors)
+                                   with_vector=vectors, params=maxsim_params)

@@ -6,7 +6,10 @@ same functions. Schema (ARCHITECTURE.md):
                    no HNSW graph (it is only re-scored, never searched on its own)
            pooled: [D], cosine, HNSW: the prefetch stage
   payload  the item's payload + "item_id" + "uri" (+ "content_hash" for incremental re-index)
-  metadata {"dqe_cir": {"fingerprint", "embed_dim", "num_query_tokens", "format_version", "state", "created"}}
+  metadata {"dqe_cir": {"fingerprint", "embed_dim", "num_query_tokens", "format_version", "storage", "state",
+                       "created"}}
+           storage: fp32 | fp16 | int8 (what searches need to know: int8 asks for rescoring); collections
+           made before it was recorded have it read from the collection config (storage_of)
            state: building (being filled), complete (count checked; the only state an alias moves to or
            rolls back to), failed (a refused build kept with --keep-failed); none on collections made
            before states existed
@@ -101,7 +104,8 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
         quantization_config=quant,
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
                              "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version,
-                             "state": BUILDING, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
+                             "storage": storage, "state": BUILDING,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
     )
     for field, kind in indexes.items():
         with warnings.catch_warnings():
@@ -118,7 +122,17 @@ def collection_info(client: QdrantClient, name: str) -> dict:
     meta = (info.config.metadata or {}).get(META_KEY)
     if not meta:
         raise StoreError(f"collection {name!r} has no {META_KEY!r} metadata: it was not created by dqe-cir")
-    return {**meta, "points": info.points_count or 0}
+    return {**meta, "storage": meta.get("storage") or storage_of(info), "points": info.points_count or 0}
+
+
+def storage_of(info: models.CollectionInfo) -> str:
+    """fp32, fp16 or int8, read from a collection's config (for collections made before the metadata
+    recorded it; local mode keeps no quantization config, so there it reads fp32 or fp16)."""
+    if info.config.quantization_config is not None:
+        return "int8"
+    vectors = info.config.params.vectors
+    params = vectors.get(TOKENS) if isinstance(vectors, dict) else None
+    return "fp16" if params is not None and params.datatype == models.Datatype.FLOAT16 else "fp32"
 
 
 def set_state(client: QdrantClient, name: str, state: str, reason: str = "") -> None:

@@ -289,6 +289,37 @@ def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
     assert bytes_per_item(32, 256, "fp32") == 33792 and bytes_per_item(8, 128, storage) < 4608
 
 
+@pytest.mark.parametrize("storage", ["fp32", "int8"])
+def test_int8_requests_ask_for_rescoring_and_fp32_ones_do_not(tiny_bundle, catalog, storage, monkeypatch):
+    """Local mode ignores quantisation, so the request itself is checked: on int8, MaxSim re-scores the
+    codes' top k x 4 with the originals and the prefetch re-scores on `pooled`; fp32 sends no params."""
+    client = QdrantClient(":memory:")
+    enc = Encoder(tiny_bundle)
+    index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)
+    assert store.collection_info(client, store.alias_target(client, "c"))["storage"] == storage
+    sent = []
+    real = client.query_batch_points
+    monkeypatch.setattr(client, "query_batch_points", lambda *a, **kw: sent.append(kw["requests"]) or real(*a, **kw))
+    search = CIRSearch(client, "c", encoder=enc)
+    image = next(catalog.glob("*.png"))
+    assert len(search.query(image, "make it red", k=5, exact=True)) == 5
+    assert len(search.query(image, "make it red", k=5, exact=False)) == 5
+    exact, two_stage = sent[0][0], sent[1][0]
+    if storage == "fp32":
+        assert exact.params is None and two_stage.params is None and two_stage.prefetch.params is None
+        return
+    for request in (exact, two_stage):
+        assert request.params.quantization == models.QuantizationSearchParams(rescore=True, oversampling=4.0)
+    assert two_stage.prefetch.params.quantization.rescore is True
+
+
+def test_storage_of_reads_old_collections_config():
+    info = models.CollectionInfo.model_construct(config=models.CollectionConfig.model_construct(
+        quantization_config=models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type="int8")),
+        params=models.CollectionParams.model_construct(vectors={})))
+    assert store.storage_of(info) == "int8"
+
+
 def test_readme_sizing_table_matches_the_schema():
     from pathlib import Path
 

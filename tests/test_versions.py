@@ -182,15 +182,15 @@ def test_cli_exit_code_and_report_when_the_alias_stays(tiny_bundle, images, tmp_
 
 
 def test_incremental_fetches_each_item_once_and_refuses_an_empty_catalog(enc, images, tmp_path, monkeypatch):
-    import indexer.jobs as jobs
+    import indexer.pipeline as pipeline  # where the fed encoder fetches each item
 
     cat = folder(tmp_path / "cat", images[:5])
     client = QdrantClient(":memory:")
     index_catalog(client, enc, cat, alias="c", progress=False, chunk_size=2)
     (cat / images[0].name).write_bytes(images[6].read_bytes())
     fetched = []
-    real = jobs.fetch_bytes
-    monkeypatch.setattr(jobs, "fetch_bytes", lambda it, *a, **kw: fetched.append(it.item_id) or real(it, *a, **kw))
+    real = pipeline.fetch_bytes
+    monkeypatch.setattr(pipeline, "fetch_bytes", lambda it, *a, **kw: fetched.append(it.item_id) or real(it, *a, **kw))
     report = index_catalog(client, enc, cat, alias="c", incremental=True, progress=False, chunk_size=2)
     assert (report.indexed, report.unchanged) == (1, 4)
     assert sorted(fetched) == sorted(p.name for p in images[:5])  # each item once, the changed one included
