@@ -91,13 +91,12 @@ def register_index(sub) -> None:
 
 def cmd_search(args) -> int:
     from encoder.fusion import parse_weights
-    from indexer.settings import load_settings, qdrant_client, release_client, with_overrides
+    from indexer.settings import load_settings, open_client, with_overrides
     from plugin.search import CIRSearch, ItemRef, SearchError
 
     settings = with_overrides(load_settings(), qdrant_path=args.qdrant_path)
     weights = parse_weights(args.weights)
-    client = qdrant_client(settings)
-    try:
+    with open_client(settings) as client:
         search = CIRSearch(client, args.collection, bundle=args.bundle or settings.bundle,
                            catalog_root=args.catalog_root, allow_http=settings.allow_http)
         image = ItemRef(args.item) if args.item else args.image
@@ -105,8 +104,6 @@ def cmd_search(args) -> int:
             raise SearchError("give --image PATH or --item ID (a catalog item as the reference)")
         hits = search.query(image, args.text, k=args.k, weights=weights, exact=True if args.exact else None,
                             explain=args.explain)
-    finally:
-        release_client(settings, client)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexer.settings import Settings, load_settings, qdrant_client, release_client
+from indexer.settings import Settings, load_settings, qdrant_client
 
 
 @dataclass
@@ -78,7 +78,7 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
         else:
             checks.append(Check("collection", True, detail))
     finally:
-        release_client(settings, client)
+        client.close()  # a local-mode folder is locked while open
     return checks
 
 

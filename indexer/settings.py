@@ -89,18 +89,13 @@ def qdrant_client(settings: Settings):
     return QdrantClient(path=settings.qdrant_path)
 
 
-def release_client(settings: Settings, client) -> None:
-    """Close a client this process opened for one job step: a local-mode folder goes back to the next
-    process or task (it holds a lock), a server connection is not left behind. Workers keep one
-    server-mode client per process instead (indexer.tasks)."""
-    client.close()
-
-
 @contextmanager
 def open_client(settings: Settings) -> Iterator:
-    """`with open_client(settings) as client:` a client for one step, closed afterwards."""
+    """`with open_client(settings) as client:` a client for one job step, closed afterwards: a local-mode
+    folder goes back to the next process or task (it holds a lock), a server connection is not left
+    behind. Workers keep one server-mode client per process instead (indexer.tasks)."""
     client = qdrant_client(settings)
     try:
         yield client
     finally:
-        release_client(settings, client)
+        client.close()
