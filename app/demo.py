@@ -13,6 +13,7 @@ from pathlib import Path
 from app.training_commands import print_table
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo" / "dqe-cir-demo.safetensors"
+FINETUNE_RECIPE = "demo-finetune"  # the shipped model's last stage
 DEMO_EXTRA = ("train,serve", ("torch", "transformers", "onnx", "onnxruntime", "qdrant_client"))
 
 
@@ -28,7 +29,7 @@ def cmd_demo(args) -> int:
     from training.cir_data import load_cir_data
     from training.evaluate import evaluate
     from training.export import export_bundle
-    from training.train import LAST, load_checkpoint, load_train_config, train
+    from training.train import LAST, load_checkpoint, train
 
     model_path = Path(args.model)
     if not model_path.is_file():
@@ -42,9 +43,9 @@ def cmd_demo(args) -> int:
     minutes = 1.0 if args.quick and args.train_minutes is None else (args.train_minutes or 3.0)
     run = work / "finetune"
     print(f"[train] fine-tuning the shipped model for {minutes:g} min -> {run}")
-    cfg = load_train_config(None, root=str(data), out=str(run), init=str(model_path), loss="contrastive",
-                            img_set_negatives=1, epochs=1, lr=1e-4, warmup_steps=10, max_minutes=minutes,
-                            eval_every=0, seed=args.seed)
+    cfg = finetune_config(data, run, model_path, minutes, args.seed)
+    print(f"[train] objective: {cfg.loss}" + (f" + {cfg.negatives} negatives" if cfg.loss == "pairwise" else "")
+          + f" (training/recipes/{FINETUNE_RECIPE}.json)")
     result = train(cfg, resume=False)
     print_table(result, title="[train] after fine-tuning, on synthetic val")
 
@@ -68,6 +69,17 @@ def cmd_demo(args) -> int:
     print(f"[done] pictures of a few queries: {png} and {page}")
     print(f"[serve] try it in a browser (search page and HTTP API): {serve_command(work, data)}")
     return 0
+
+
+def finetune_config(data: Path, run: Path, model_path: Path, minutes: float, seed: int):
+    """The shipped model's own last stage (its model card says which objective that is), from
+    `model_path`, laid over a time budget of `minutes` instead of the recipe's step count."""
+    from training.train import load_train_config
+
+    cfg = load_train_config(FINETUNE_RECIPE, root=str(data), out=str(run), init=str(model_path),
+                            max_minutes=minutes, seed=seed, progress=True)
+    cfg.max_steps = None  # the time budget sets the schedule's length
+    return cfg
 
 
 def serve_command(work: Path, data: Path) -> str:

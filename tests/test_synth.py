@@ -125,3 +125,15 @@ def test_oracle_scores_100(synth_small):
 def test_unknown_size_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown size"):
         generate(tmp_path, "huge")
+
+
+def test_held_out_phrasings_are_only_in_val_and_recognised(synth_small):
+    """Every training text uses a training phrasing; val mixes in the held-out ones, and
+    is_held_out_phrasing tells them apart (the learning study splits val metrics by it)."""
+    from training.scenes import is_held_out_phrasing
+
+    caps = {s: json.loads((synth_small / "captions" / f"cap.synth.{s}.json").read_text()) for s in ("train", "val")}
+    assert not any(is_held_out_phrasing(c["caption"]) for c in caps["train"])
+    held = [is_held_out_phrasing(c["caption"]) for c in caps["val"]]
+    assert 0 < sum(held) < len(held)
+    assert is_held_out_phrasing("recolor the red circle blue") and not is_held_out_phrasing("make the red circle blue")

@@ -275,3 +275,36 @@ def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
     for i, zone in enumerate(trainer.sampler.zones):
         assert len(zone) and (data.group[zone] == data.query_group[i]).all()
         assert data.tgt[i] not in zone and data.ref[i] not in zone
+
+
+OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_margin", "margin", "lambda_attr", "img_set_negatives")
+
+
+def test_demo_finetune_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_trained, tmp_path):
+    """`dqe-cir demo`'s fine-tune recipe: from a trained checkpoint it mines TRNS mid-zones at once
+    (no random-negative warm-up) and trains with the pairwise objective."""
+    cfg = load_train_config("demo-finetune", root=str(synth_small), out=str(tmp_path / "ft"), init=str(tiny_trained),
+                            max_steps=3, progress=False)
+    assert train(cfg, resume=False)["steps"] == 3
+    events = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "trns_rebuild" and events[0]["epoch"] == 0
+    assert all("delta" in e for e in events if e["event"] == "step")
+
+
+def test_demo_fine_tunes_with_the_shipped_models_last_stage():
+    """The README's promise: `make demo` fine-tunes with the objective the shipped model's last stage used."""
+    from app.demo import FINETUNE_RECIPE, SHIPPED_MODEL
+    from training.checkpoint import read_meta
+
+    shipped = read_meta(SHIPPED_MODEL)["train_config"]
+    recipe = load_train_config(FINETUNE_RECIPE)
+    assert {k: shipped[k] for k in OBJECTIVE} == {k: getattr(recipe, k) for k in OBJECTIVE}
+
+
+def test_demo_finetune_is_the_recipe_over_a_time_budget(tmp_path):
+    from app.demo import FINETUNE_RECIPE, finetune_config
+
+    cfg = finetune_config(tmp_path / "data", tmp_path / "run", tmp_path / "m.safetensors", 1.5, 3)
+    recipe = load_train_config(FINETUNE_RECIPE)
+    assert (cfg.max_minutes, cfg.max_steps, cfg.seed, cfg.init) == (1.5, None, 3, str(tmp_path / "m.safetensors"))
+    assert {k: getattr(cfg, k) for k in OBJECTIVE} == {k: getattr(recipe, k) for k in OBJECTIVE}

@@ -117,6 +117,8 @@ def test_rebuild_schedule_warms_up_for_the_first_interval():
     assert rebuild_epochs(4) == [1, 2, 3]
     assert rebuild_epochs(30, warmup=1) == [1, 6, 11, 16, 21, 26]  # an explicit warm-up (ablation)
     assert rebuild_epochs(3, warmup=0) == [0, 1, 2]
+    assert rebuild_epochs(12, warmup=0, every=100) == [0]  # mined once, at the start (the demo's last stage)
+    assert rebuild_epochs(12, every=4) == [4, 8]
 
 
 def test_sampler_state_round_trip():
@@ -152,3 +154,17 @@ def test_never_negatives_are_target_reference_and_the_targets_scene():
     for _ in range(50):
         neg = random_negatives(rng, [pools.pools[0]] * 2, [data.never_negatives(0), data.never_negatives(1)])
         assert neg[0] in (2, 4) and neg[1] in (0, 1, 3)
+
+
+def test_targets_pool_is_the_training_targets_for_every_query():
+    """trns_pool=targets: one pool of the distinct training targets (a fixed subset of the gallery), so
+    mining scores far fewer images; an unknown mode names the choices."""
+    from training.cir_data import CIRData, negative_pools
+    from training.errors import TrainingError
+
+    data = CIRData(kind="synth", split="train", names=list("abcdef"), pixels=np.zeros((6, 2, 2, 3), np.uint8),
+                   ref=np.array([0, 2, 5]), tgt=np.array([4, 1, 4]), texts=["x", "y", "z"])
+    pools = negative_pools(data, "targets")
+    assert [p.tolist() for p in pools.pools] == [[1, 4]] and pools.of_query.tolist() == [0, 0, 0]
+    with pytest.raises(TrainingError, match="auto, all, targets"):
+        negative_pools(data, "most")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.cir_data import TRNS_POOLS
 from training.datasets import read_json
 from training.errors import TrainingError
 
@@ -26,7 +27,9 @@ class TrainConfig:
     negatives: str = "trns"  # random | trns (pairwise only)
     trns: dict = field(default_factory=dict)  # MidZoneConfig fields
     trns_warmup_epochs: int | None = None  # random negatives before the first mining; None: the first rebuild interval
-    trns_pool: str = "auto"  # auto: METHOD.md's (FashionIQ: the category's training targets; else every image) | all
+    trns_rebuild_every: int | None = None  # epochs between rebuilds; None: epochs // 6 (METHOD.md)
+    # auto: METHOD.md's (FashionIQ: the category's training targets; else every image) | all | targets
+    trns_pool: str = "auto"
     trns_chunk: int = 1024  # queries scored at a time when mining: host memory O(chunk x pool)
     lambda_margin: float = 0.0
     margin: float = 0.15
@@ -61,9 +64,10 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, not {self.device!r}"),
             (self.precision in ("auto", "bf16", "fp32"),
              f"precision must be auto, bf16 or fp32, not {self.precision!r}"),
-            (self.trns_pool in ("auto", "all"), f"trns_pool must be 'auto' or 'all', not {self.trns_pool!r}"),
+            (self.trns_pool in TRNS_POOLS, f"trns_pool must be one of {', '.join(TRNS_POOLS)}, not {self.trns_pool!r}"),
             (self.trns_chunk >= 1, "trns_chunk must be >= 1"),
             (self.trns_warmup_epochs is None or self.trns_warmup_epochs >= 0, "trns_warmup_epochs must be >= 0"),
+            (self.trns_rebuild_every is None or self.trns_rebuild_every >= 1, "trns_rebuild_every must be >= 1"),
             (self.images in ("memory", "disk"), f"images must be 'memory' or 'disk', not {self.images!r}"),
             (not self.pretrained or self.model == "blip2",
              f"--pretrained loads a BLIP-2 checkpoint: use --model blip2 (not {self.model!r})"),

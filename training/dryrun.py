@@ -166,7 +166,7 @@ def estimate(d: Dims, sizes: Sizes, cfg: TrainConfig, params_total: int, params_
 
     epochs = math.ceil(total_steps / steps_per_epoch)
     mining = cfg.loss == "pairwise" and cfg.negatives == "trns"
-    rebuilds = len(rebuild_epochs(epochs, cfg.trns_warmup_epochs)) if mining else 0
+    rebuilds = len(rebuild_epochs(epochs, cfg.trns_warmup_epochs, cfg.trns_rebuild_every)) if mining else 0
     encode = vit_flops(d) + qformer_flops(d, d.queries)
     compose = vit_flops(d) + qformer_flops(d, s_compose)
     mining_flops = sum(sizes.pools) * encode + sizes.queries * compose

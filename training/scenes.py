@@ -192,6 +192,16 @@ _PARSERS = [
 ]
 
 
+_SEEN = [_template_regex(t) for seen, _ in TEMPLATES.values() for t in seen]
+
+
+def is_held_out_phrasing(text: str) -> bool:
+    """True when a modification text uses none of the training phrasings (a val/test-only template):
+    splits val metrics into "new scene, known phrasing" and "new phrasing"."""
+    clean = " ".join(text.lower().strip().split())
+    return not any(rx.fullmatch(clean) for rx in _SEEN)
+
+
 class UnparsableText(ValueError):
     pass
 

@@ -301,7 +301,8 @@ class Trainer:
         while self.step < self.total_steps and not stopped:
             order = np.random.default_rng([cfg.seed, self.epoch]).permutation(self.n_items)
             first = self.step - self.epoch * self.steps_per_epoch
-            if first == 0 and mining and self.epoch in rebuild_epochs(self.planned_epochs(), cfg.trns_warmup_epochs):
+            rebuilds = rebuild_epochs(self.planned_epochs(), cfg.trns_warmup_epochs, cfg.trns_rebuild_every)
+            if first == 0 and mining and self.epoch in rebuilds:
                 self.rebuild_mid_zones()
             for s in range(first, self.steps_per_epoch):
                 if self.step >= self.total_steps:

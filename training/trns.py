@@ -163,9 +163,9 @@ def random_negatives(rng: np.random.Generator, pools: Sequence[np.ndarray],
     return out
 
 
-def rebuild_epochs(epochs: int, warmup: int | None = None) -> list[int]:
-    """Epochs (0-based) at whose start the mid-zones are rebuilt: every max(1, epochs // 6) epochs,
-    after a warm-up of random negatives that lasts the first such interval (METHOD.md) unless
-    `warmup` says how many epochs."""
-    every = max(1, epochs // 6)
+def rebuild_epochs(epochs: int, warmup: int | None = None, every: int | None = None) -> list[int]:
+    """Epochs (0-based) at whose start the mid-zones are rebuilt: every max(1, epochs // 6) epochs
+    (METHOD.md) unless `every` says otherwise, after a warm-up of random negatives that lasts the first
+    such interval unless `warmup` says how many epochs."""
+    every = every or max(1, epochs // 6)
     return list(range(every if warmup is None else warmup, epochs, every))
