@@ -81,7 +81,8 @@ def scored(path: Path) -> dict:
     model, tok, _ = load_checkpoint(path)
     val, train = score_splits(model, tok)
     out = {"val": val, "train": train}
-    cache.write_text(json.dumps(out))
+    if (ROOT / "runs") in path.resolve().parents:  # never beside the shipped model in models/
+        cache.write_text(json.dumps(out))
     return out
 
 
