@@ -5,8 +5,10 @@
 
 `run` trains one variant with a time-budgeted schedule (warm-up and cosine end with the budget),
 then scores the result on the val split (1,000 queries, 4,489 images) AND on the first 1,000 train
-queries against the whole train gallery, so underfitting (train as bad as val) and overfitting
-(train far above val) are both visible. Each run appends one JSON line to docs/benchmarks/learning-runs.jsonl
+queries against the images of their own img_sets (a gallery made like val's, own_gallery), so
+underfitting (train as bad as val) and poor generalisation (train far above val) are both visible;
+val is also split by phrasing (training phrasings vs held-out ones).
+Each run appends one JSON line to docs/benchmarks/learning-runs.jsonl
 with its config, steps, wall time and the machine's load; `report` turns those lines into the table.
 """
 
@@ -41,6 +43,7 @@ def own_gallery(data):
 
     keep = np.unique(np.concatenate([data.ref, data.tgt, *[np.asarray(m) for m in data.members or []]]))
     new = {int(old): i for i, old in enumerate(keep)}
+
     def pick(xs):
         return [xs[i] for i in keep]
 
@@ -133,11 +136,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def read_rows() -> list[dict]:
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
 def cmd_rescore(args) -> int:
     """Score runs again with today's scoring (their rows keep everything else)."""
     from training.train import LAST, load_checkpoint
 
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = read_rows()
     for r in rows:
         if r["name"] not in args.names:
             continue
@@ -152,7 +159,7 @@ def cmd_rescore(args) -> int:
 
 
 def cmd_report(args) -> int:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = read_rows()
     head = ("| run | what changed | steps | min | train gallery | "
             + " | ".join(f"{m} train / val" for m in METRICS) + " | val R@10 seen / held-out phrasing |")
     lines = [head, "|" + "---|" * (6 + len(METRICS))]
