@@ -76,10 +76,9 @@ def finetune_config(data: Path, run: Path, model_path: Path, minutes: float, see
     `model_path`, laid over a time budget of `minutes` instead of the recipe's step count."""
     from training.train import load_train_config
 
-    cfg = load_train_config(FINETUNE_RECIPE, root=str(data), out=str(run), init=str(model_path),
-                            max_minutes=minutes, seed=seed, progress=True)
-    cfg.max_steps = None  # the time budget sets the schedule's length
-    return cfg
+    return load_train_config(FINETUNE_RECIPE, {"max_steps": None},  # the time budget sets the schedule's length
+                             root=str(data), out=str(run), init=str(model_path), max_minutes=minutes, seed=seed,
+                             progress=True)
 
 
 def serve_command(work: Path, data: Path) -> str:

@@ -76,12 +76,12 @@ def cmd_data_oracle(args) -> int:
 def cmd_train(args, task: str = "cir") -> int:
     import os
 
-    from training.cli import print_dry_run, train_overrides
+    from training.cli import parse_settings, print_dry_run, train_overrides
     from training.config import load_train_config
 
     over = train_overrides(args)
     over["task"] = task
-    cfg = load_train_config(args.recipe or args.config, **over)
+    cfg = load_train_config(args.recipe or args.config, parse_settings(args.set), **over)
     if args.dry_run:
         print_dry_run(cfg, args)
         return 0

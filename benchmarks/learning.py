@@ -54,40 +54,56 @@ def own_gallery(data):
                    scene_keys=pick(data.scene_keys) if data.scene_keys else None)
 
 
-def score_splits(model, tok) -> tuple[dict, dict]:
-    """(val, train) scores: all val queries on the val gallery; the first 1,000 training queries on
+def score_splits(model, tok, train_root: Path = DATA) -> tuple[dict, dict]:
+    """(val, train) scores: all demo val queries on the val gallery (and on the subsets by phrasing and
+    by novelty); the first 1,000 training queries of `train_root` (the set the model trained on) on
     their own img_set images (own_gallery)."""
-    val, trn = study_splits(model.cfg.image_size)
-    return score(model, tok, val), {**score(model, tok, trn), "gallery": len(trn.names)}
+    val, trn = study_splits(model.cfg.image_size, str(train_root))
+    return score(model, tok, val, train_root), {**score(model, tok, trn), "gallery": len(trn.names)}
 
 
 @cache
-def study_splits(size: int):
-    """The val split and the first 1,000 training queries on their own gallery, decoded once per process."""
+def study_splits(size: int, train_root: str):
+    """The demo val split and the first 1,000 training queries of `train_root` on their own gallery,
+    decoded once per process."""
     from training.cir_data import load_cir_data
 
     val = load_cir_data("synth", DATA, "val", size, progress=False)
-    return val, own_gallery(load_cir_data("synth", DATA, "train", size, progress=False, max_queries=TRAIN_QUERIES))
+    trn = load_cir_data("synth", train_root, "train", size, progress=False, max_queries=TRAIN_QUERIES)
+    return val, own_gallery(trn)
 
 
-def score(model, tok, data) -> dict:
+def score(model, tok, data, train_root: Path | None = None) -> dict:
+    """R@1, R@10, Rs@1 and edit accuracies; with `train_root` (val), also by phrasing and by novelty."""
     from training.evaluate import edit_accuracy, evaluate
 
     result = evaluate(model, tok, data)
     out = {k: result.metrics[k] for k in ("R@1", "R@10", "Rs@1")}
     out.update(edit_accuracy(data, result.scores))
-    out.update(by_phrasing(data, result.scores))
+    if train_root is not None:
+        out.update(by_phrasing(data, result.scores))
+        out.update(by_novelty(data, result.scores, Path(train_root)))
     return out
 
 
-def by_phrasing(data, scores) -> dict:
-    """R@10 of the queries whose text uses a training phrasing and of those that use a held-out one
-    (val only: training texts all use training phrasings)."""
+def subset_metrics(data, scores, rows) -> dict:
+    """CIRR-protocol metrics of the queries `rows` only (same gallery)."""
     from dataclasses import replace
 
+    from training.evaluate import protocol_metrics
+
+    sub = replace(data, ref=data.ref[rows], tgt=data.tgt[rows], texts=[data.texts[i] for i in rows],
+                  members=[data.members[i] for i in rows] if data.members else None,
+                  pairids=[data.pairids[i] for i in rows] if data.pairids else [],
+                  edit_kinds=[data.edit_kinds[i] for i in rows] if data.edit_kinds else [])
+    return protocol_metrics(sub, scores[rows])
+
+
+def by_phrasing(data, scores) -> dict:
+    """R@10 and Rs@1 of the queries whose text uses a training phrasing and of those that use a
+    held-out one (val only: training texts all use training phrasings)."""
     import numpy as np
 
-    from training.evaluate import protocol_metrics
     from training.scenes import is_held_out_phrasing
 
     held = np.array([is_held_out_phrasing(t) for t in data.texts])
@@ -95,35 +111,60 @@ def by_phrasing(data, scores) -> dict:
         return {}
     out = {}
     for name, rows in (("seen phrasing", np.flatnonzero(~held)), ("held-out phrasing", np.flatnonzero(held))):
-        sub = replace(data, ref=data.ref[rows], tgt=data.tgt[rows], texts=[data.texts[i] for i in rows],
-                      members=[data.members[i] for i in rows] if data.members else None,
-                      pairids=[data.pairids[i] for i in rows] if data.pairids else [],
-                      edit_kinds=[data.edit_kinds[i] for i in rows] if data.edit_kinds else [])
-        out[f"R@10 {name}"] = protocol_metrics(sub, scores[rows])["R@10"]
+        metrics = subset_metrics(data, scores, rows)
+        out[f"R@10 {name}"], out[f"Rs@1 {name}"] = metrics["R@10"], metrics["Rs@1"]
     return out
+
+
+@cache
+def training_pairs(train_root: Path) -> frozenset:
+    """(reference scene, target scene) of every query of the training split: the scene space is small
+    enough that a val query can repeat a training one up to the wording (190 of the demo val queries
+    do in the large set, 55 in the demo train split)."""
+    from training.datasets import read_json
+
+    caps = read_json(train_root / "captions" / "cap.synth.train.json")
+    scenes = read_json(train_root / "scenes" / "scenes.synth.train.json")
+    return frozenset((scenes[c["reference"]]["key"], scenes[c["target_hard"]]["key"]) for c in caps)
+
+
+def by_novelty(data, scores, train_root: Path) -> dict:
+    """R@1, R@10 and Rs@1 of the val queries whose (reference, target) scene pair is in no training
+    query of `train_root`: what the model does on edits it has never seen done."""
+    import numpy as np
+
+    seen = training_pairs(train_root)
+    keys = data.scene_keys
+    novel = np.array([(keys[r], keys[t]) not in seen for r, t in zip(data.ref, data.tgt, strict=True)])
+    metrics = subset_metrics(data, scores, np.flatnonzero(novel))
+    return {"novel pairs": int(novel.sum()), **{f"{m} novel pairs": metrics[m] for m in ("R@1", "R@10", "Rs@1")}}
 
 
 def cmd_run(args) -> int:
     import torch
 
+    from training.cli import parse_settings
     from training.synth import ensure_synth
     from training.train import LAST, load_checkpoint, load_train_config, train
 
     ensure_synth(DATA, "demo", 0)
-    over = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        over[key] = json.loads(value)
+    root = Path(args.root).resolve() if args.root else DATA  # training data; scoring is always on the demo set
+    if not (root / "captions").is_dir():
+        raise SystemExit(f"{root}: no CIRR-layout data set there "
+                         f"(make one: dqe-cir data synth --size large --seed 1 --out {args.root})")
+    over = parse_settings(args.set)
     out = ROOT / "runs" / "learning" / args.name
-    cfg = load_train_config(args.config, root=str(DATA), out=str(out), init=args.init, max_minutes=args.minutes,
-                            eval_every=0, progress=not args.quiet, threads=args.threads, **over)
+    cfg = load_train_config(args.config, root=str(root), out=str(out), init=args.init, max_minutes=args.minutes,
+                            eval_every=0, progress=not args.quiet, threads=args.threads, settings=over)
     load0 = os.getloadavg()[0]
     t0 = time.time()
     result = train(cfg, resume=False)
     minutes = (time.time() - t0) / 60
     model, tok, _ = load_checkpoint(out / LAST)
-    val, trn = score_splits(model, tok)
-    row = {"name": args.name, "note": args.note, "init": args.init, "overrides": over, "config": args.config,
+    val, trn = score_splits(model, tok, root)
+    shown_root = str(root.relative_to(ROOT) if root.is_relative_to(ROOT) else root)
+    row = {"name": args.name, "note": args.note, "init": args.init, "root": shown_root, "overrides": over,
+           "config": args.config,
            "minutes_budget": args.minutes, "minutes": round(minutes, 1), "steps": result["steps"],
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
            "val": val, "train": trn, "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
@@ -150,7 +191,7 @@ def cmd_rescore(args) -> int:
             continue
         path = Path(args.checkpoint) if args.checkpoint else ROOT / "runs" / "learning" / r["name"] / LAST
         model, tok, _ = load_checkpoint(path)
-        r["val"], r["train"] = score_splits(model, tok)
+        r["val"], r["train"] = score_splits(model, tok, ROOT / r.get("root", DATA))
         r.pop("reconstructed", None)
         r["rescored"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(json.dumps(r))
@@ -160,9 +201,10 @@ def cmd_rescore(args) -> int:
 
 def cmd_report(args) -> int:
     rows = read_rows()
-    head = ("| run | what changed | steps | min | train gallery | "
-            + " | ".join(f"{m} train / val" for m in METRICS) + " | val R@10 seen / held-out phrasing |")
-    lines = [head, "|" + "---|" * (6 + len(METRICS))]
+    head = ("| run | what changed | trained on | steps | min | train gallery | "
+            + " | ".join(f"{m} train / val" for m in METRICS)
+            + " | val R@10 seen / held-out phrasing | val Rs@1 seen / held-out | val R@1 / R@10 / Rs@1 novel pairs |")
+    lines = [head, "|" + "---|" * (9 + len(METRICS))]
     for r in rows:
         changed = r["note"] or ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "baseline"
         cells = " | ".join(f"{r['train'].get(m, float('nan')):.1f} / {r['val'].get(m, float('nan')):.1f}"
@@ -170,20 +212,30 @@ def cmd_report(args) -> int:
         gallery = f"{r['train']['gallery']:,}" if "gallery" in r["train"] else "20,213 (whole split)"
         phr = (f"{r['val']['R@10 seen phrasing']:.1f} / {r['val']['R@10 held-out phrasing']:.1f}"
                if "R@10 seen phrasing" in r["val"] else "-")
-        lines.append(f"| {r['name']} | {changed} | {r['steps']} | {r['minutes']} | {gallery} | {cells} | {phr} |")
+        phr_s = (f"{r['val']['Rs@1 seen phrasing']:.1f} / {r['val']['Rs@1 held-out phrasing']:.1f}"
+                 if "Rs@1 seen phrasing" in r["val"] else "-")
+        v = r["val"]
+        novel = (f"{v['R@1 novel pairs']:.1f} / {v['R@10 novel pairs']:.1f} / {v['Rs@1 novel pairs']:.1f} "
+                 f"({v['novel pairs']})" if "novel pairs" in v else "-")
+        trained_on = Path(r.get("root", DATA)).name
+        lines.append(f"| {r['name']} | {changed} | {trained_on} | {r['steps']} | {r['minutes']} | {gallery} | {cells} "
+                     f"| {phr} | {phr_s} | {novel} |")
     table = "\n".join(lines)
     machines = sorted({r["machine"] for r in rows})
     loads = ", ".join(f"{r['name']} {r['load_before']}->{r['load_after']}" for r in rows)
     text = args.intro.read_text() if args.intro else ""
     doc = (f"# Learning study on the synthetic demo set\n\n{text}\n"
-           f"Each row: `python benchmarks/learning.py run NAME --minutes M [--init CKPT] --set ...` "
+           f"Each row: `python benchmarks/learning.py run NAME --minutes M [--init CKPT] [--root DATA] --set ...` "
            "(the exact overrides are in docs/benchmarks/learning-runs.jsonl), then "
            "`python benchmarks/learning.py report`.\n"
            f"Machine: {'; '.join(machines)}. Load average before -> after each run: {loads}.\n\n"
            "train = the first 1,000 train queries against the images of their own img_sets (the val split's "
            "gallery is built the same way: 4,489 images for its 1,000 queries), so train and val recalls "
            "compare; rows marked 20,213 were scored against the whole training gallery, 4.5x larger, which "
-           "lowers every recall but Rs@1. val = all 1,000 val queries against the val gallery. CIRR protocol; "
+           "lowers every recall but Rs@1; rows trained on the large set score the first 1,000 of its training "
+           "queries the same way. val = all 1,000 demo val queries against the val gallery, whatever the "
+           "training set; novel pairs = the val queries whose (reference scene, target scene) pair is in no "
+           "query of the training set (their count in brackets). CIRR protocol; "
            "edit top-1 = the target's scene ranked first, by kind of edit.\n\n" + table + "\n")
     Path(args.out).write_text(doc)
     print(doc)
@@ -198,6 +250,7 @@ def main() -> int:
     r.add_argument("--minutes", type=float, default=12.0)
     r.add_argument("--config", help="a TrainConfig JSON (e.g. training/recipes/demo.json)")
     r.add_argument("--init", help="start from this checkpoint")
+    r.add_argument("--root", help="train on this synthetic set (default: the demo set, runs/demo/synth-demo-0)")
     r.add_argument("--set", action="append", metavar="KEY=JSON")
     r.add_argument("--note", default="")
     r.add_argument("--threads", type=int, default=2)

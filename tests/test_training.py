@@ -157,6 +157,28 @@ def test_cli_recipe_and_pretrained_flags(tmp_path, capsys):
     assert r["estimates"][0]["gpus"] == 2 and r["estimates"][0]["steps_per_epoch"] == 1
 
 
+def test_set_null_unsets_a_recipe_key_and_a_bad_set_is_refused():
+    """`--set max_steps=null` unsets the recipe's step count (so --max-minutes lays the schedule), where
+    an absent flag leaves the recipe's value; `--set` without KEY= is a clear error, not a silent no-op."""
+    import argparse
+
+    from training.cli import add_train_args, parse_settings, train_overrides
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+
+    def config(*flags):
+        args = parser.parse_args(["--recipe", "demo-finetune", *flags])
+        return load_train_config(args.recipe, parse_settings(args.set), **train_overrides(args))
+
+    assert config().max_steps == 300
+    unset = config("--set", "max_steps=null", "--max-minutes", "5")
+    assert (unset.max_steps, unset.max_minutes) == (None, 5)
+    assert config("--set", "trns_pool=all", "--set", 'trns={"low": 0.1}').trns == {"low": 0.1}
+    with pytest.raises(TrainingError, match="--set 'max_steps'.*KEY=JSON"):
+        parse_settings(["max_steps"])
+
+
 def test_dry_run_counts_and_estimates_on_the_real_fashioniq_annotations(tmp_path):
     """No image is read (there are none): parameters, queries, pools and steps are exact; the memory
     estimate of the activations is within a factor 2 of what autograd really saves (measured here on
@@ -280,10 +302,10 @@ def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
 OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_margin", "margin", "lambda_attr", "img_set_negatives")
 
 
-def test_demo_finetune_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_trained, tmp_path):
-    """`dqe-cir demo`'s fine-tune recipe: from a trained checkpoint it mines TRNS mid-zones at once
-    (no random-negative warm-up) and trains with the pairwise objective."""
-    cfg = load_train_config("demo-finetune", root=str(synth_small), out=str(tmp_path / "ft"), init=str(tiny_trained),
+def test_demo_dqe_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_trained, tmp_path):
+    """DQE-CIR's last stage for the demo model: from a trained checkpoint it mines TRNS mid-zones at
+    once (no random-negative warm-up) and trains with the pairwise objective."""
+    cfg = load_train_config("demo-dqe", root=str(synth_small), out=str(tmp_path / "ft"), init=str(tiny_trained),
                             max_steps=3, progress=False)
     assert train(cfg, resume=False)["steps"] == 3
     events = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]

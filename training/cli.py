@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from training.errors import TrainingError
+
 OVERRIDES = ("data", "root", "out", "model", "pretrained", "init", "loss", "negatives", "epochs", "batch_size", "lr",
              "max_minutes", "max_steps", "seed", "eval_every", "precision", "images")
 
@@ -54,19 +56,28 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
+    """The flags' values (None where a flag was not given: the recipe's value stays)."""
     over = {k: getattr(args, k) for k in OVERRIDES}
     over["grad_checkpointing"] = args.grad_checkpointing
     if args.train_minutes is not None:
         over["max_minutes"] = args.train_minutes
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        try:
-            over[key] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key] = value
     if args.quiet:
         over["progress"] = False
     return over
+
+
+def parse_settings(items: list[str] | None) -> dict:
+    """--set KEY=JSON items as a dict; a value that is not JSON is taken as a string, null as None."""
+    settings = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TrainingError(f"--set {item!r}: expected KEY=JSON, e.g. --set max_steps=null or --set lr=1e-4")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
 
 
 def print_dry_run(cfg, args) -> None:
@@ -87,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.config import load_train_config
     from training.distributed import cleanup, setup
-    from training.errors import TrainingError
     from training.train import train
 
     dist = None
     try:
-        cfg = load_train_config(args.recipe or args.config, **train_overrides(args))
+        cfg = load_train_config(args.recipe or args.config, parse_settings(args.set), **train_overrides(args))
         if args.dry_run:
             print_dry_run(cfg, args)
             return 0

@@ -92,11 +92,14 @@ def recipe_path(name_or_path: str | Path) -> Path:
     raise TrainingError(f"no recipe {str(name_or_path)!r}: not a file, and not one of {', '.join(recipe_names())}")
 
 
-def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
-    """The recipe (a name or a JSON file; None: the defaults) with `overrides` (None values ignored) on top."""
+def load_train_config(path: str | Path | None, settings: dict | None = None, **overrides) -> TrainConfig:
+    """The recipe (a name or a JSON file; None: the defaults), then `overrides` (flags: None values are
+    ignored), then `settings` (--set KEY=JSON: taken as given, so max_steps=null unsets a recipe's step
+    count and lets --max-minutes lay the schedule)."""
     raw = dict(read_json(recipe_path(path))) if path else {}
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw.update(settings or {})
     known = set(TrainConfig.__dataclass_fields__)
     bad = sorted(set(raw) - known)
     if bad:
