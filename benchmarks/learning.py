@@ -121,11 +121,12 @@ def training_pairs(train_root: Path) -> frozenset:
     """(reference scene, target scene) of every query of the training split: the scene space is small
     enough that a val query can repeat a training one up to the wording (190 of the demo val queries
     do in the large set, 55 in the demo train split)."""
-    from training.datasets import read_json
+    from training.datasets import load_cirr
+    from training.oracle import load_scenes
 
-    caps = read_json(train_root / "captions" / "cap.synth.train.json")
-    scenes = read_json(train_root / "scenes" / "scenes.synth.train.json")
-    return frozenset((scenes[c["reference"]]["key"], scenes[c["target_hard"]]["key"]) for c in caps)
+    split = load_cirr(train_root, "train")
+    scenes = load_scenes(split)
+    return frozenset((scenes[q.reference]["key"], scenes[q.target]["key"]) for q in split.queries)
 
 
 def by_novelty(data, scores, train_root: Path) -> dict:
@@ -199,6 +200,11 @@ def cmd_rescore(args) -> int:
     return 0
 
 
+def cells_of(metrics: dict, *keys: str) -> str:
+    """"a / b / ..." of those metrics, or "-" for a row scored before they existed."""
+    return " / ".join(f"{metrics[k]:.1f}" for k in keys) if keys[0] in metrics else "-"
+
+
 def cmd_report(args) -> int:
     rows = read_rows()
     head = ("| run | what changed | trained on | steps | min | train gallery | "
@@ -210,13 +216,11 @@ def cmd_report(args) -> int:
         cells = " | ".join(f"{r['train'].get(m, float('nan')):.1f} / {r['val'].get(m, float('nan')):.1f}"
                            for m in METRICS)
         gallery = f"{r['train']['gallery']:,}" if "gallery" in r["train"] else "20,213 (whole split)"
-        phr = (f"{r['val']['R@10 seen phrasing']:.1f} / {r['val']['R@10 held-out phrasing']:.1f}"
-               if "R@10 seen phrasing" in r["val"] else "-")
-        phr_s = (f"{r['val']['Rs@1 seen phrasing']:.1f} / {r['val']['Rs@1 held-out phrasing']:.1f}"
-                 if "Rs@1 seen phrasing" in r["val"] else "-")
         v = r["val"]
-        novel = (f"{v['R@1 novel pairs']:.1f} / {v['R@10 novel pairs']:.1f} / {v['Rs@1 novel pairs']:.1f} "
-                 f"({v['novel pairs']})" if "novel pairs" in v else "-")
+        phr = cells_of(v, "R@10 seen phrasing", "R@10 held-out phrasing")
+        phr_s = cells_of(v, "Rs@1 seen phrasing", "Rs@1 held-out phrasing")
+        novel = cells_of(v, "R@1 novel pairs", "R@10 novel pairs", "Rs@1 novel pairs")
+        novel += f" ({v['novel pairs']})" if "novel pairs" in v else ""
         trained_on = Path(r.get("root", DATA)).name
         lines.append(f"| {r['name']} | {changed} | {trained_on} | {r['steps']} | {r['minutes']} | {gallery} | {cells} "
                      f"| {phr} | {phr_s} | {novel} |")
