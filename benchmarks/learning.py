@@ -54,12 +54,14 @@ def own_gallery(data):
                    scene_keys=pick(data.scene_keys) if data.scene_keys else None)
 
 
-def score_splits(model, tok, train_root: Path = DATA) -> tuple[dict, dict]:
+def score_splits(model, tok, train_root: Path = DATA, also_seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
     """(val, train) scores: all demo val queries on the val gallery (and on the subsets by phrasing and
     by novelty); the first 1,000 training queries of `train_root` (the set the model trained on) on
-    their own img_set images (own_gallery)."""
+    their own img_set images (own_gallery). `also_seen`: other sets the model trained on before (their
+    pairs are not novel either)."""
     val, trn = study_splits(model.cfg.image_size, str(train_root))
-    return score(model, tok, val, train_root), {**score(model, tok, trn), "gallery": len(trn.names)}
+    return (score(model, tok, val, (Path(train_root), *also_seen)),
+            {**score(model, tok, trn), "gallery": len(trn.names)})
 
 
 @cache
@@ -73,16 +75,16 @@ def study_splits(size: int, train_root: str):
     return val, own_gallery(trn)
 
 
-def score(model, tok, data, train_root: Path | None = None) -> dict:
-    """R@1, R@10, Rs@1 and edit accuracies; with `train_root` (val), also by phrasing and by novelty."""
+def score(model, tok, data, train_roots: tuple[Path, ...] = ()) -> dict:
+    """R@1, R@10, Rs@1 and edit accuracies; with `train_roots` (val), also by phrasing and by novelty."""
     from training.evaluate import edit_accuracy, evaluate
 
     result = evaluate(model, tok, data)
     out = {k: result.metrics[k] for k in ("R@1", "R@10", "Rs@1")}
     out.update(edit_accuracy(data, result.scores))
-    if train_root is not None:
+    if train_roots:
         out.update(by_phrasing(data, result.scores))
-        out.update(by_novelty(data, result.scores, Path(train_root)))
+        out.update(by_novelty(data, result.scores, train_roots))
     return out
 
 
@@ -129,12 +131,12 @@ def training_pairs(train_root: Path) -> frozenset:
     return frozenset((scenes[q.reference]["key"], scenes[q.target]["key"]) for q in split.queries)
 
 
-def by_novelty(data, scores, train_root: Path) -> dict:
+def by_novelty(data, scores, train_roots: tuple[Path, ...]) -> dict:
     """R@1, R@10 and Rs@1 of the val queries whose (reference, target) scene pair is in no training
-    query of `train_root`: what the model does on edits it has never seen done."""
+    query of the `train_roots`: what the model does on edits it has never seen done."""
     import numpy as np
 
-    seen = training_pairs(train_root)
+    seen = frozenset().union(*(training_pairs(Path(r)) for r in train_roots))
     keys = data.scene_keys
     novel = np.array([(keys[r], keys[t]) not in seen for r, t in zip(data.ref, data.tgt, strict=True)])
     metrics = subset_metrics(data, scores, np.flatnonzero(novel))
@@ -150,9 +152,10 @@ def cmd_run(args) -> int:
 
     ensure_synth(DATA, "demo", 0)
     root = Path(args.root).resolve() if args.root else DATA  # training data; scoring is always on the demo set
-    if not (root / "captions").is_dir():
-        raise SystemExit(f"{root}: no CIRR-layout data set there "
-                         f"(make one: dqe-cir data synth --size large --seed 1 --out {args.root})")
+    for path in (root, *map(Path, args.also_seen or ())):  # checked now, not after the run
+        if not (path / "captions").is_dir():
+            raise SystemExit(f"{path}: no CIRR-layout data set there "
+                             f"(make one: dqe-cir data synth --size large --seed 1 --out {path})")
     over = parse_settings(args.set)
     out = ROOT / "runs" / "learning" / args.name
     cfg = load_train_config(args.config, root=str(root), out=str(out), init=args.init, max_minutes=args.minutes,
@@ -162,9 +165,10 @@ def cmd_run(args) -> int:
     result = train(cfg, resume=False)
     minutes = (time.time() - t0) / 60
     model, tok, _ = load_checkpoint(out / LAST)
-    val, trn = score_splits(model, tok, root)
-    shown_root = str(root.relative_to(ROOT) if root.is_relative_to(ROOT) else root)
-    row = {"name": args.name, "note": args.note, "init": args.init, "root": shown_root, "overrides": over,
+    also = tuple(shown(Path(r).resolve()) for r in args.also_seen or ())
+    val, trn = score_splits(model, tok, root, tuple(ROOT / r for r in also))
+    row = {"name": args.name, "note": args.note, "init": args.init, "root": shown(root), "overrides": over,
+           **({"also_seen": list(also)} if also else {}),
            "config": args.config,
            "minutes_budget": args.minutes, "minutes": round(minutes, 1), "steps": result["steps"],
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -176,6 +180,11 @@ def cmd_run(args) -> int:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
     return 0
+
+
+def shown(path: Path) -> str:
+    """A path as a row records it: relative to the repository when it is inside."""
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
 def read_rows() -> list[dict]:
@@ -192,11 +201,58 @@ def cmd_rescore(args) -> int:
             continue
         path = Path(args.checkpoint) if args.checkpoint else ROOT / "runs" / "learning" / r["name"] / LAST
         model, tok, _ = load_checkpoint(path)
-        r["val"], r["train"] = score_splits(model, tok, ROOT / r.get("root", DATA))
+        also = tuple(ROOT / a for a in r.get("also_seen", ()))
+        r["val"], r["train"] = score_splits(model, tok, ROOT / r.get("root", DATA), also)
         r.pop("reconstructed", None)
         r["rescored"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(json.dumps(r))
     RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return 0
+
+
+def cmd_phrasings(args) -> int:
+    """Val R@10 and Rs@1 per modification template (the training ones, then the held-out ones), for
+    one or more checkpoints side by side: which wordings a model cannot read."""
+    import numpy as np
+
+    from training.evaluate import evaluate
+    from training.scenes import TEMPLATES, template_of
+    from training.train import load_checkpoint
+
+    models = dict(spec.split("=", 1) for spec in args.checkpoints if "=" in spec)
+    if len(models) != len(args.checkpoints):
+        raise SystemExit(f"phrasings takes distinct NAME=CHECKPOINT pairs, not {args.checkpoints}")
+    columns = {}
+    for name, path in models.items():
+        model, tok, _ = load_checkpoint(path)
+        val, _ = study_splits(model.cfg.image_size, str(DATA))
+        scores = evaluate(model, tok, val).scores
+        used = np.array([template_of(t) or "?" for t in val.texts])
+        columns[name] = {t: subset_metrics(val, scores, np.flatnonzero(used == t)) | {"n": int((used == t).sum())}
+                         for t in set(used)}
+    rows = [(kind, t, i >= len(seen)) for kind, (seen, held) in TEMPLATES.items() for i, t in enumerate(seen + held)]
+    lines = ["| edit | template | phrasing | queries | " + " | ".join(f"{n} R@10 / Rs@1" for n in models) + " |",
+             "|" + "---|" * (4 + len(models))]
+    for kind, t, held in sorted(rows, key=lambda r: (r[0], r[2])):
+        first = columns[next(iter(models))].get(t)
+        if first is None:
+            continue
+        cells = " | ".join(f"{c[t]['R@10']:.1f} / {c[t]['Rs@1']:.1f}" for c in columns.values())
+        lines.append(f"| {kind} | `{t}` | {'held-out' if held else 'training'} | {first['n']} | {cells} |")
+    unmatched = columns[next(iter(models))].get("?", {}).get("n", 0)
+    if unmatched:
+        lines.append(f"| ? | no template matches | - | {unmatched} | " + " | ".join("-" for _ in models) + " |")
+    table = "\n".join(lines)
+    cmd = "python benchmarks/learning.py phrasings " + " ".join(args.checkpoints)
+    doc = (f"# Val recall by phrasing\n\n`{cmd}` (machine: {cpu_name()}).\n\nThe 1,000 demo val queries "
+           "split by the template their text was written with; held-out templates never occur in training. "
+           "CIRR protocol on the whole val gallery (4,489 images); Rs@1 = the target first among its "
+           "img_set's other images. The checkpoints are the learning study's runs (learning-runs.jsonl has the "
+           "command of each; `large-continue` as shipped at commit cfe24e7: `git show "
+           "cfe24e7:models/demo/dqe-cir-demo.safetensors`).\n\n" + table + "\n")
+    if args.out:
+        Path(args.out).write_text(doc)
+    print(doc)
     return 0
 
 
@@ -239,7 +295,8 @@ def cmd_report(args) -> int:
            "lowers every recall but Rs@1; rows trained on the large set score the first 1,000 of its training "
            "queries the same way. val = all 1,000 demo val queries against the val gallery, whatever the "
            "training set; novel pairs = the val queries whose (reference scene, target scene) pair is in no "
-           "query of the training set (their count in brackets). CIRR protocol; "
+           "query of the training set (nor of the sets named in the row's also_seen in learning-runs.jsonl; "
+           "their count in brackets). CIRR protocol; "
            "edit top-1 = the target's scene ranked first, by kind of edit.\n\n" + table + "\n")
     Path(args.out).write_text(doc)
     print(doc)
@@ -256,6 +313,8 @@ def main() -> int:
     r.add_argument("--init", help="start from this checkpoint")
     r.add_argument("--root", help="train on this synthetic set (default: the demo set, runs/demo/synth-demo-0)")
     r.add_argument("--set", action="append", metavar="KEY=JSON")
+    r.add_argument("--also-seen", action="append", metavar="DATA",
+                   help="another set the start checkpoint trained on: its pairs do not count as novel either")
     r.add_argument("--note", default="")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quiet", action="store_true")
@@ -264,6 +323,10 @@ def main() -> int:
     rs.add_argument("names", nargs="+")
     rs.add_argument("--checkpoint", help="score this checkpoint instead (one name)")
     rs.set_defaults(func=cmd_rescore)
+    ph = sub.add_parser("phrasings", help="val R@10 / Rs@1 per modification template, checkpoints side by side")
+    ph.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT")
+    ph.add_argument("--out", help="also write the table to this markdown file")
+    ph.set_defaults(func=cmd_phrasings)
     p = sub.add_parser("report")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "learning.md"))
     p.add_argument("--intro", type=Path, help="a markdown file with the findings, placed above the table")

@@ -5,12 +5,13 @@
     python scripts/train_demo_model.py --use dqe-demo=A --use large=B   # ship B's end, write the card
 
 Stages (each resumes its own run folder under runs/demo-model/ and starts from the previous one's end):
-STAGES below; a stage trains on the demo set or on the large one (`dqe-cir data synth --size large
---seed 1`, made here when missing). The stages before the first --use one are neither trained nor
-scored (their rows belong in --notes). `dqe-cir demo` fine-tunes with the last stage's objective
-(training/recipes/demo-finetune.json: a test holds the two together). Every stage's end is scored on
-the demo val split and on 1,000 of its own training queries (against their own img_set images), as
-in docs/benchmarks/learning.md; the shipped checkpoint is the last stage's, in fp16.
+STAGES below; a stage trains on the demo set or on one of two large ones (`dqe-cir data synth --size
+large --seed 1`, `--seed 2`: DATASETS, made here when missing). The stages before the first --use
+one are neither trained nor scored (their rows belong in --notes). `dqe-cir demo` fine-tunes with the
+last stage's objective (training/recipes/demo-finetune.json: a test holds the two together). Every
+stage's end is scored on the demo val split and on 1,000 of its own training queries (against their
+own img_set images), as in docs/benchmarks/learning.md; the shipped checkpoint is the last stage's,
+in fp16.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ OUT = ROOT / "models" / "demo"
 DATASETS = {  # name -> (folder, synth size, seed)
     "demo": (ROOT / "runs" / "demo" / "synth-demo-0", "demo", 0),
     "large": (ROOT / "runs" / "large" / "synth-large-1", "large", 1),
+    "large2": (ROOT / "runs" / "large" / "synth-large-2", "large", 2),
 }
 
 
@@ -59,10 +61,15 @@ STAGES = [
     Stage("stage1b", "demo", "stage 1's objective again after the caption stage, time-budgeted cosine",
           {"lr": 2e-4, "max_minutes": 5, "eval_every": 0}),
     Stage("dqe-demo", "demo-dqe", "DQE-CIR's objective, 300 steps (the model shipped before the large set)"),
-    # DQE-CIR's objective after this stage lowered val R@1 and Rs@1 (docs/benchmarks/learning.md):
-    # the shipped model ends here.
+    # DQE-CIR's objective after this stage lowered val R@1 and Rs@1 (docs/benchmarks/learning.md).
     Stage("large", "demo", "stage 1's objective on the large set (30,000 pairs), time-budgeted cosine",
           {"max_minutes": 60, "eval_every": 0}, data="large"),
+    Stage("hardneg", "demo", "all 4 img_set distractors as negatives, phrasing noise 0.25, batch 32, lr 2e-4",
+          {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
+           "max_minutes": 20, "eval_every": 0}, data="large"),
+    Stage("large2", "demo", "the same objective on a second large set (seed 2), time-budgeted cosine",
+          {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
+           "max_minutes": 80, "eval_every": 0}, data="large2"),
 ]
 
 

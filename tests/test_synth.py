@@ -7,20 +7,25 @@ import pytest
 from training.datasets import load_cirr
 from training.oracle import oracle_metrics
 from training.scenes import (
+    ATTRIBUTE_WORDS,
     COLORS,
+    HELD_OUT_ONLY_WORDS,
     SHAPES,
     TEMPLATES,
     _template_regex,
     apply_edit,
     edit_text,
     hard_distractors,
+    noisy_phrasing,
     parse_edit,
     random_edit,
     random_scene,
     scene_key,
+    template_of,
     templates_for,
 )
 from training.synth import generate, render_scene
+from training.vocab import filler_words
 
 
 def _digest(root):
@@ -59,6 +64,39 @@ def test_heldout_phrasings_only_outside_train():
     for kind, (seen, held) in TEMPLATES.items():
         assert set(templates_for(kind, "train")) == set(seen)
         assert set(held) <= set(templates_for(kind, "val"))
+
+
+def test_phrasing_noise_keeps_the_attribute_words_and_never_uses_a_held_out_word():
+    import random
+
+    rng, fillers = random.Random(0), filler_words()
+    assert {"delete", "recolor", "exchange"} <= HELD_OUT_ONLY_WORDS and not HELD_OUT_ONLY_WORDS & set(fillers)
+    assert not ATTRIBUTE_WORDS & set(fillers) and {"make", "the", "with"} <= set(fillers)
+    text = "put a small red circle in the top left"
+    assert noisy_phrasing(text, rng, 0.0, fillers) == text
+    outs = [noisy_phrasing(text, rng, 0.9, fillers) for _ in range(200)]
+    for out in outs:
+        assert [w for w in out.split() if w in ATTRIBUTE_WORDS] == ["small", "red", "circle", "top", "left"]
+        assert not set(out.split()) & HELD_OUT_ONLY_WORDS
+    lengths = {len(o.split()) for o in outs}
+    assert len(set(outs)) > 100 and min(lengths) < 9 and 9 in lengths, "words are replaced and dropped"
+    # at a small p most words stay: the noise is a perturbation, not a new language
+    kept = np.mean([a == b for _ in range(200) for a, b in zip(noisy_phrasing(text, rng, 0.1, fillers).split(),
+                                                                 text.split(), strict=False)])
+    assert kept > 0.8
+
+
+def test_template_of_names_the_template_a_text_was_written_with():
+    rng = np.random.default_rng(5)
+    for kind, (seen, held) in TEMPLATES.items():
+        for template in seen + held:
+            while True:  # a reference scene the template fits (color_single needs one object)
+                ref = random_scene(rng, 1 if kind == "color_single" else None)
+                edit = random_edit(rng, ref)
+                if edit.kind == kind.replace("_single", ""):
+                    break
+            assert template_of(edit_text(edit, template)) == template
+    assert template_of("make it sparkle") is None
 
 
 def test_heldout_phrasings_appear_in_val_only(synth_small):

@@ -66,6 +66,32 @@ def test_bad_config_and_checkpoint_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
 
 
+def test_phrasing_noise_reaches_the_training_texts_and_only_on_the_synthetic_set(synth_small, tmp_path,
+                                                                                monkeypatch):
+    import training.train as tr
+
+    seen: list[tuple[str, str]] = []
+    real = tr.noisy_phrasing
+
+    def spy(text, rng, p, fillers):
+        out = real(text, rng, p, fillers)
+        seen.append((text, out))
+        return out
+
+    monkeypatch.setattr(tr, "noisy_phrasing", spy)
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path / "n"), model="tiny", max_steps=2, eval_every=0,
+                      batch_size=16, phrasing_noise=0.5, progress=False)
+    train(cfg)
+    assert len(seen) == 32 and sum(a != b for a, b in seen) > 16
+    with pytest.raises(TrainingError, match="phrasing_noise needs data 'synth'.*not data 'cirr'"):
+        load_train_config(None, data="cirr", phrasing_noise=0.2)
+    with pytest.raises(TrainingError, match="task 'caption'"):
+        load_train_config(None, task="caption", phrasing_noise=0.2)
+    for bad in (1.5, None, "0.2"):
+        with pytest.raises(TrainingError, match="phrasing_noise is a probability"):
+            load_train_config(None, settings={"phrasing_noise": bad})
+
+
 def test_caption_pretraining_and_grad_accumulation_run(synth_small, tmp_path):
     """The pretraining stage and gradient accumulation: a few steps each, finite falling-or-flat loss."""
     pre = TrainConfig(root=str(synth_small), out=str(tmp_path / "pre"), model="tiny", task="caption", max_steps=4,
@@ -299,7 +325,8 @@ def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
         assert data.tgt[i] not in zone and data.ref[i] not in zone
 
 
-OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_margin", "margin", "lambda_attr", "img_set_negatives")
+OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_margin", "margin", "lambda_attr", "img_set_negatives",
+             "phrasing_noise")
 
 
 def test_demo_dqe_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_trained, tmp_path):
@@ -318,7 +345,7 @@ def test_demo_fine_tunes_with_the_shipped_models_last_stage():
     from app.demo import FINETUNE_RECIPE, SHIPPED_MODEL
     from training.checkpoint import read_meta
 
-    shipped = read_meta(SHIPPED_MODEL)["train_config"]
+    shipped = {**TrainConfig().__dict__, **read_meta(SHIPPED_MODEL)["train_config"]}  # keys added since: defaults
     recipe = load_train_config(FINETUNE_RECIPE)
     assert {k: shipped[k] for k in OBJECTIVE} == {k: getattr(recipe, k) for k in OBJECTIVE}
 

@@ -35,6 +35,7 @@ class TrainConfig:
     margin: float = 0.15
     lambda_attr: float = 0.0
     img_set_negatives: int = 0  # contrastive: this many img_set distractors per query join the negatives
+    phrasing_noise: float = 0.0  # synth: per-word chance that a non-attribute word is replaced or dropped
     epochs: int = 10
     batch_size: int = 64  # the global batch: split evenly over the processes of a torchrun job
     grad_accum: int = 1
@@ -69,6 +70,11 @@ class TrainConfig:
             (self.trns_warmup_epochs is None or self.trns_warmup_epochs >= 0, "trns_warmup_epochs must be >= 0"),
             (self.trns_rebuild_every is None or self.trns_rebuild_every >= 1, "trns_rebuild_every must be >= 1"),
             (self.images in ("memory", "disk"), f"images must be 'memory' or 'disk', not {self.images!r}"),
+            (isinstance(self.phrasing_noise, (int, float)) and 0 <= self.phrasing_noise < 1,
+             f"phrasing_noise is a probability in [0, 1), not {self.phrasing_noise!r}"),
+            (not self.phrasing_noise or (self.data == "synth" and self.task == "cir"),
+             f"phrasing_noise needs data 'synth' and task 'cir' (it keeps the synthetic world's attribute "
+             f"words, which other data sets have no list of), not data {self.data!r}, task {self.task!r}"),
             (not self.pretrained or self.model == "blip2",
              f"--pretrained loads a BLIP-2 checkpoint: use --model blip2 (not {self.model!r})"),
         ]

@@ -187,19 +187,57 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(pattern)
 
 
-_PARSERS = [
-    (kind, _template_regex(t)) for kind, (seen, held) in TEMPLATES.items() for t in seen + held
+_PARSERS = [  # (kind, template, its regex, held out?)
+    (kind, t, _template_regex(t), t in held) for kind, (seen, held) in TEMPLATES.items() for t in seen + held
 ]
 
 
-_SEEN = [_template_regex(t) for seen, _ in TEMPLATES.values() for t in seen]
+def _clean(text: str) -> str:
+    return " ".join(text.lower().strip().split())
+
+
+def template_of(text: str) -> str | None:
+    """The template a modification text was written with (None: no template matches)."""
+    clean = _clean(text)
+    return next((t for _, t, rx, _ in _PARSERS if rx.fullmatch(clean)), None)
+
+
+ATTRIBUTE_WORDS = frozenset([*COLORS, *SHAPES, *SIZES, *(w for p in POSITIONS for w in p.split())])
+
+
+def template_words(held_out: bool) -> frozenset[str]:
+    """The plain words (no placeholders) of the training templates, or of the held-out ones."""
+    return frozenset(w for seen, held in TEMPLATES.values() for t in (held if held_out else seen)
+                     for w in re.sub(r"\{\w+\}", " ", t).split())
+
+
+HELD_OUT_ONLY_WORDS = template_words(held_out=True) - template_words(held_out=False)
+
+
+def noisy_phrasing(text: str, rng, p: float, fillers: list[str]) -> str:
+    """Training-time phrasing noise: each word that names no attribute (color, shape, size, position)
+    is, with probability p, replaced by a random filler word (or, one time in three, dropped). The
+    attribute words and their order stay, and in this world they alone say what the edit is; a model
+    trained on it learns to read them past wording it has never seen, which is what the held-out
+    phrasings of val/test ask. The fillers (vocab.filler_words) include edit verbs ("remove the red
+    circle blue" can happen) on purpose: the verb alone must never decide. `rng`: a random.Random
+    (the trainer's text RNG, saved for resume)."""
+    if p <= 0:
+        return text
+    out = []
+    for w in text.split():
+        if w.lower() in ATTRIBUTE_WORDS or rng.random() >= p:
+            out.append(w)
+        elif rng.random() >= 1 / 3:
+            out.append(fillers[rng.randrange(len(fillers))])
+    return " ".join(out)
 
 
 def is_held_out_phrasing(text: str) -> bool:
     """True when a modification text uses none of the training phrasings (a val/test-only template):
     splits val metrics into "new scene, known phrasing" and "new phrasing"."""
-    clean = " ".join(text.lower().strip().split())
-    return not any(rx.fullmatch(clean) for rx in _SEEN)
+    clean = _clean(text)
+    return not any(rx.fullmatch(clean) for _, _, rx, held in _PARSERS if not held)
 
 
 class UnparsableText(ValueError):
@@ -208,8 +246,8 @@ class UnparsableText(ValueError):
 
 def parse_edit(text: str, reference: Scene) -> Edit:
     """Read a modification text back into an Edit against the reference scene."""
-    clean = " ".join(text.lower().strip().split())
-    for kind, rx in _PARSERS:
+    clean = _clean(text)
+    for kind, _, rx, _ in _PARSERS:
         m = rx.fullmatch(clean)
         if not m:
             continue

@@ -34,8 +34,9 @@ from training.evaluate import evaluate
 from training.losses import in_batch_contrastive, margin_ranking, pairwise_kl
 from training.mining import mine_negatives
 from training.model import DQECIR, ModelConfig, StepForward, maxsim, model_config, pretrained_tokenizer
+from training.scenes import noisy_phrasing
 from training.trns import MidZoneConfig, NegativeSampler, random_negatives, rebuild_epochs
-from training.vocab import build_tokenizer
+from training.vocab import build_tokenizer, filler_words
 
 __all__ = ["LAST", "TrainConfig", "Trainer", "budget_total_steps", "build_model", "load_checkpoint",
            "load_train_config", "lr_at", "save_checkpoint", "train"]
@@ -97,6 +98,7 @@ class Trainer:
         self.sampler: NegativeSampler | None = None
         self.neg_rng = np.random.default_rng([cfg.seed, 991])
         self.text_rng = random.Random(cfg.seed)
+        self.fillers = filler_words()
         self.history: list[dict] = []
         self.out = Path(cfg.out)
         self.metrics_path = self.out / "metrics.jsonl"
@@ -150,6 +152,8 @@ class Trainer:
         """qi: the global batch; this rank computes the loss of its slice of it."""
         cfg, d, dist, fuse = self.cfg, self.train, self.dist, self.model.fuse
         texts = [d.train_text(int(i), self.text_rng) for i in qi]  # the whole batch: the RNG stays in step
+        if cfg.phrasing_noise:
+            texts = [noisy_phrasing(t, self.text_rng, cfg.phrasing_noise, self.fillers) for t in texts]
         parts = dist.slices(len(qi))
         mine = parts[dist.rank]
         tgt = d.tgt[qi]

@@ -11,7 +11,7 @@ import string
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from training.scenes import COLORS, POSITIONS, SHAPES, SIZES, TEMPLATES
+from training.scenes import ATTRIBUTE_WORDS, COLORS, HELD_OUT_ONLY_WORDS, POSITIONS, SHAPES, SIZES, TEMPLATES
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 COMMON = (
@@ -44,3 +44,11 @@ def build_tokenizer() -> Tokenizer:
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return tok
+
+
+def filler_words() -> list[str]:
+    """What phrasing noise (scenes.noisy_phrasing) draws from: the vocabulary's whole words (the
+    template placeholders' names "pos" and "size" among them) minus this world's attribute words and
+    minus every word that only held-out phrasings use, so that training never sees one of those.
+    Edit verbs and attribute-like words foreign to this world (black, bigger, center) stay in."""
+    return [w for w in _words() if w not in ATTRIBUTE_WORDS and w not in HELD_OUT_ONLY_WORDS]
