@@ -65,14 +65,21 @@ def score_splits(model, tok, train_root: Path = DATA, also_seen: tuple[Path, ...
 
 
 @cache
+def demo_val(size: int):
+    """The demo val split, decoded once per process."""
+    from training.cir_data import load_cir_data
+
+    return load_cir_data("synth", DATA, "val", size, progress=False)
+
+
+@cache
 def study_splits(size: int, train_root: str):
     """The demo val split and the first 1,000 training queries of `train_root` on their own gallery,
     decoded once per process."""
     from training.cir_data import load_cir_data
 
-    val = load_cir_data("synth", DATA, "val", size, progress=False)
     trn = load_cir_data("synth", train_root, "train", size, progress=False, max_queries=TRAIN_QUERIES)
-    return val, own_gallery(trn)
+    return demo_val(size), own_gallery(trn)
 
 
 def score(model, tok, data, train_roots: tuple[Path, ...] = ()) -> dict:
@@ -225,7 +232,7 @@ def cmd_phrasings(args) -> int:
     columns = {}
     for name, path in models.items():
         model, tok, _ = load_checkpoint(path)
-        val, _ = study_splits(model.cfg.image_size, str(DATA))
+        val = demo_val(model.cfg.image_size)  # the val split alone: no training split to decode
         scores = evaluate(model, tok, val).scores
         used = np.array([template_of(t) or "?" for t in val.texts])
         columns[name] = {t: subset_metrics(val, scores, np.flatnonzero(used == t)) | {"n": int((used == t).sum())}

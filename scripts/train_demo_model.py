@@ -54,6 +54,10 @@ class Stage:
     data: str = "demo"  # a DATASETS key
 
 
+# The objective of the last two stages (and of training/recipes/demo-finetune.json), on top of the demo recipe.
+HARDNEG = {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
+           "eval_every": 0}
+
 STAGES = [
     Stage("stage1", "demo", "in-batch contrastive from scratch, 1 img_set hard negative per query"),
     Stage("caption", "demo", "image-caption pretraining (ITC both ways) from stage 1",
@@ -65,11 +69,9 @@ STAGES = [
     Stage("large", "demo", "stage 1's objective on the large set (30,000 pairs), time-budgeted cosine",
           {"max_minutes": 60, "eval_every": 0}, data="large"),
     Stage("hardneg", "demo", "all 4 img_set distractors as negatives, phrasing noise 0.25, batch 32, lr 2e-4",
-          {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
-           "max_minutes": 20, "eval_every": 0}, data="large"),
+          {**HARDNEG, "max_minutes": 20}, data="large"),
     Stage("large2", "demo", "the same objective on a second large set (seed 2), time-budgeted cosine",
-          {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
-           "max_minutes": 80, "eval_every": 0}, data="large2"),
+          {**HARDNEG, "max_minutes": 80}, data="large2"),
 ]
 
 
