@@ -256,7 +256,8 @@ def cmd_phrasings(args) -> int:
            "CIRR protocol on the whole val gallery (4,489 images); Rs@1 = the target first among its "
            "img_set's other images. The checkpoints are the learning study's runs (learning-runs.jsonl has the "
            "command of each; `large-continue` as shipped at commit cfe24e7: `git show "
-           "cfe24e7:models/demo/dqe-cir-demo.safetensors`).\n\n" + table + "\n")
+           "cfe24e7:models/demo/dqe-cir-demo.safetensors`). Columns of checkpoints that are gone are in this "
+           "file's git history.\n\n" + table + "\n")
     if args.out:
         Path(args.out).write_text(doc)
     print(doc)

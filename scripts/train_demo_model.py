@@ -54,7 +54,7 @@ class Stage:
     data: str = "demo"  # a DATASETS key
 
 
-# The objective of the last two stages (and of training/recipes/demo-finetune.json), on top of the demo recipe.
+# The objective of the last three stages (and of training/recipes/demo-finetune.json), on top of the demo recipe.
 HARDNEG = {"batch_size": 32, "img_set_negatives": 4, "phrasing_noise": 0.25, "lr": 2e-4, "warmup_steps": 100,
            "eval_every": 0}
 
@@ -72,6 +72,8 @@ STAGES = [
           {**HARDNEG, "max_minutes": 20}, data="large"),
     Stage("large2", "demo", "the same objective on a second large set (seed 2), time-budgeted cosine",
           {**HARDNEG, "max_minutes": 80}, data="large2"),
+    Stage("more", "demo", "12 more minutes of it on the first large set at a quarter of the lr",
+          {**HARDNEG, "lr": 5e-5, "warmup_steps": 50, "max_minutes": 12}, data="large"),
 ]
 
 

@@ -56,7 +56,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def budget_total_steps(step: int, elapsed_s: float, budget_s: float, seconds_per_step: float,
                        cap: int | None = None) -> int:
     """The schedule length that ends when the time budget does: the steps done so far plus the steps
-    that fit in the time left at the measured pace (eval and mining time included in that pace)."""
+    that fit in the time left at the measured pace of training steps. Mining and evaluation are not
+    in that pace: they are spent from the time left when they happen (a TRNS mining of minutes before
+    the first step would otherwise make every step look minutes long and end the run at once)."""
     left = max(0.0, budget_s - elapsed_s)
     total = step + max(1, int(left / max(seconds_per_step, 1e-6)))
     return min(total, cap) if cap else total
@@ -93,6 +95,7 @@ class Trainer:
         # the epochs, re-measured as the run goes (see budget_total_steps).
         self.time_budgeted = bool(cfg.max_minutes) and not cfg.max_steps
         self.elapsed_s = 0.0  # training wall time so far, across resumes
+        self.overhead_s = 0.0  # this session's time in mining and evaluation (not in the step pace)
         self.step, self.epoch = 0, 0
         self.pools = negative_pools(train, cfg.trns_pool) if cfg.task == "cir" else None
         self.sampler: NegativeSampler | None = None
@@ -239,6 +242,7 @@ class Trainer:
                                self.cfg.trns_chunk, self.dist)
         self.sampler = NegativeSampler(zones, seed=self.cfg.seed * 1000 + self.epoch)
         self.model.train()
+        self.overhead_s += time.time() - t0
         self.log({"event": "trns_rebuild", "epoch": self.epoch, "seconds": round(time.time() - t0, 1),
                   "mean_zone": float(np.mean([len(z) for z in zones]))})
 
@@ -252,24 +256,26 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Rank 0 evaluates; the others wait for it."""
+        t0 = time.time()
         metrics: dict = {}
         if self.val is not None and self.cfg.task == "cir" and self.dist.is_main:
             metrics = evaluate(self.model, self.tok, self.val).metrics
             self.log({"event": "eval", "epoch": self.epoch, "step": self.step, **metrics})
         self.dist.barrier()
         self.model.train()
+        self.overhead_s += time.time() - t0
         return metrics
 
     def planned_epochs(self) -> int:
         return max(1, math.ceil(self.total_steps / self.steps_per_epoch))
 
     def fit_schedule_to_budget(self, session_start: float, session_first_step: int) -> None:
-        """Lay the schedule over what is left of --max-minutes at the pace measured in this session
-        (rank 0's clock decides for every rank)."""
+        """Lay the schedule over what is left of --max-minutes at the step pace measured in this
+        session, mining and evaluation left out of it (rank 0's clock decides for every rank)."""
         done = self.step - session_first_step
         if not self.time_budgeted or done < 3:
             return
-        pace = (time.time() - session_start) / done
+        pace = (time.time() - session_start - self.overhead_s) / done
         total = budget_total_steps(self.step, self.elapsed_s, self.cfg.max_minutes * 60, pace)
         self.total_steps = self.dist.from_main(total)
 
@@ -297,6 +303,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         m.train()
         start, first_step, elapsed_before = time.time(), self.step, self.elapsed_s
+        self.overhead_s = 0.0
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train ({cfg.task})", unit="step",
                    disable=not (cfg.progress and self.dist.is_main))
         metrics: dict = {}
@@ -332,7 +339,8 @@ class Trainer:
                 self.epoch += 1
                 if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.step < self.total_steps:
                     metrics = self.evaluate()
-                self.fit_schedule_to_budget(start, first_step)  # eval and mining time count too
+                self.elapsed_s = elapsed_before + time.time() - start
+                self.fit_schedule_to_budget(start, first_step)  # after an eval: less time left
                 bar.total = self.total_steps
                 self.save()
         bar.close()
