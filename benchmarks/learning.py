@@ -172,10 +172,10 @@ def cmd_run(args) -> int:
     result = train(cfg, resume=False)
     minutes = (time.time() - t0) / 60
     model, tok, _ = load_checkpoint(out / LAST)
-    also = tuple(shown(Path(r).resolve()) for r in args.also_seen or ())
-    val, trn = score_splits(model, tok, root, tuple(ROOT / r for r in also))
+    also = tuple(Path(r).resolve() for r in args.also_seen or ())
+    val, trn = score_splits(model, tok, root, also)
     row = {"name": args.name, "note": args.note, "init": args.init, "root": shown(root), "overrides": over,
-           **({"also_seen": list(also)} if also else {}),
+           **({"also_seen": [shown(p) for p in also]} if also else {}),
            "config": args.config,
            "minutes_budget": args.minutes, "minutes": round(minutes, 1), "steps": result["steps"],
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
