@@ -44,7 +44,7 @@ def cmd_demo(args) -> int:
     run = work / "finetune"
     print(f"[train] fine-tuning the shipped model for {minutes:g} min -> {run}")
     cfg = finetune_config(data, run, model_path, minutes, args.seed)
-    print(f"[train] objective: {cfg.loss}" + (f" + {cfg.negatives} negatives" if cfg.loss == "pairwise" else "")
+    print(f"[train] objective: {cfg.loss}" + (f" + {cfg.negatives} negatives" if cfg.pairwise else "")
           + f" (training/recipes/{FINETUNE_RECIPE}.json)")
     result = train(cfg, resume=False)
     print_table(result, title="[train] after fine-tuning, on synthetic val")

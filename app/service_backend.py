@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.service_metrics import TimedEncoder
-from app.service_models import ApiError, HitOut, SearchRequest, SearchResponse
+from app.service_models import ApiError, HitOut, SearchRequest, SearchResponse, invalid
 from app.service_settings import ServiceConfig
 
 SERVICE_MAX_PIXELS = 25_000_000  # an uploaded reference is decoded up to this size (about 5000 x 5000)
@@ -88,9 +88,10 @@ class Backend:
 
     @property
     def attributes(self) -> tuple[str, ...]:
-        from encoder.fusion import ATTRIBUTES
+        """The bundle's attribute names (what `weights` may name); the default pair until it is loaded."""
+        from encoder.fusion import DEFAULT_ATTRIBUTES
 
-        return tuple(ATTRIBUTES)
+        return tuple(self.encoder.spec.attributes) if self.encoder is not None else DEFAULT_ATTRIBUTES
 
     def search(self):
         """The CIRSearch, built on first use; ApiError(503) while it cannot be."""
@@ -140,10 +141,15 @@ class Backend:
     # -- requests ------------------------------------------------------------------------------
     def query(self, req: SearchRequest, image: bytes | None) -> QueryResult:
         """Run one composed query (in a worker thread); compose and Qdrant time apart."""
-        from encoder.fusion import ATTRIBUTES, resolve_weights
+        from encoder.fusion import resolve_weights
         from plugin import ItemRef
 
         search = self.search()
+        names = self.attributes
+        unknown = sorted(set(req.weights or {}) - set(names))
+        if unknown:
+            raise invalid([{"field": "weights", "message": f"unknown attribute {n!r}; this model's attributes: "
+                                                           f"{', '.join(names)}"} for n in unknown])
         reference = ItemRef(req.item_id) if req.item_id else image
         started = time.perf_counter()
         try:
@@ -152,12 +158,12 @@ class Backend:
         finally:
             total = time.perf_counter() - started
             compose_s, model_weights = self.encoder.last()
-        used = resolve_weights(model_weights, req.weights)[0]
+        used = resolve_weights(model_weights, req.weights, names)[0]
         out = [HitOut(id=h.id, score=h.score, payload=_public(h.payload), breakdown=h.breakdown or None)
                for h in hits]
         response = SearchResponse(
-            hits=out, weights=dict(zip(ATTRIBUTES, map(float, used), strict=True)),
-            model_weights=dict(zip(ATTRIBUTES, map(float, model_weights[0]), strict=True)),
+            hits=out, weights=dict(zip(names, map(float, used), strict=True)),
+            model_weights=dict(zip(names, map(float, model_weights[0]), strict=True)),
             reference=req.item_id, timings_ms={"compose": round(compose_s * 1000, 2),
                                                "search": round((total - compose_s) * 1000, 2)})
         return QueryResult(response, compose_s, total - compose_s)

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.service_settings import MAX_K
-from encoder.fusion import ATTRIBUTES
 
 MAX_WEIGHT = 10.0
 MAX_TEXT = 500
@@ -43,13 +42,13 @@ class SearchRequest(BaseModel):
     text: str = Field(..., max_length=MAX_TEXT, description='the modification, e.g. "make it red"')
     k: int = Field(10, ge=1, le=MAX_K, description="how many results")
     weights: dict[str, float] | None = Field(
-        None, description=f"override the model's attribute weights ({', '.join(ATTRIBUTES)}), each in "
-                          f"[0, {MAX_WEIGHT:g}]",
+        None, description=f"override the model's attribute weights (the names GET /api/info lists: color and "
+                          f"shape by default), each in [0, {MAX_WEIGHT:g}]",
         examples=[{"color": 2.0}])
     filter: dict[str, Any] | None = Field(
         None, description="payload filter: {field: value} or {field: [values]} (values: string, integer, bool)",
         examples=[{"split": "val"}])
-    explain: bool = Field(False, description="add each hit's base / color / shape score breakdown")
+    explain: bool = Field(False, description="add each hit's score breakdown: base and each attribute")
 
     @field_validator("text")
     @classmethod
@@ -61,9 +60,7 @@ class SearchRequest(BaseModel):
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for name, value in (v or {}).items():
-            if name not in ATTRIBUTES:
-                raise ValueError(f"unknown attribute {name!r}; known: {', '.join(ATTRIBUTES)}")
+        for name, value in (v or {}).items():  # the names are checked against the bundle's by the backend
             if not math.isfinite(value) or not 0.0 <= value <= MAX_WEIGHT:
                 raise ValueError(f"{name} must be between 0 and {MAX_WEIGHT:g}, got {value}")
         return v or None
@@ -85,7 +82,7 @@ class HitOut(BaseModel):
     id: str
     score: float
     payload: dict[str, Any]
-    breakdown: dict[str, float] | None = Field(None, description="base / color / shape MaxSim (explain=true)")
+    breakdown: dict[str, float] | None = Field(None, description="base and per-attribute MaxSim (explain=true)")
 
 
 class SearchResponse(BaseModel):

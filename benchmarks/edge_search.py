@@ -84,8 +84,8 @@ def cmd_embed(args) -> None:
     t0 = time.perf_counter()
     out = enc.compose([str(val.images[q.reference]) for q in queries], [q.caption for q in queries])
     compose_s = time.perf_counter() - t0
-    np.savez(cache / "queries.npz", fused=out.fused(), q_base=out.q_base, q_color=out.q_color,
-             q_shape=out.q_shape, weights=out.weights)
+    np.savez(cache / "queries.npz", fused=out.fused(), q_base=out.q_base, q_attrs=out.q_attrs, weights=out.weights,
+             attributes=np.array(out.attributes))
     meta = {"names": names, "uris": [str(Path(p).relative_to(Path(args.root).resolve())) for p in paths],
             "root": str(args.root), "bundle": str(args.bundle), "fingerprint": enc.fingerprint,
             "num_query_tokens": enc.spec.num_query_tokens, "embed_dim": enc.spec.embed_dim,

@@ -2,7 +2,8 @@
 
     bundle.json         format version, fingerprint, dims, attributes, preprocessing, file hashes
     image_encoder.onnx  pixel_values[B,3,H,W] -> tokens[B,Q,D] (per-token L2-normalised)
-    composer.onnx       pixel_values, input_ids[B,T], attention_mask[B,T] -> q_base, q_color, q_shape, weights
+    composer.onnx       pixel_values, input_ids[B,T], attention_mask[B,T] -> q_base, q_<attr> for each of the
+                        bundle's attributes (in order), weights[B,A]
     tokenizer.json      the `tokenizers` tokenizer
 
 The fingerprint is a hash of every file's hash plus the preprocessing settings: two bundles with the
@@ -22,10 +23,15 @@ from encoder.errors import EncoderError
 FORMAT = "dqe-cir-bundle"
 FORMAT_VERSION = 1
 FILES = {"image_encoder": "image_encoder.onnx", "composer": "composer.onnx", "tokenizer": "tokenizer.json"}
-# The attribute sub-queries, in the order of the composer's `weights` columns, and the composer's
-# outputs: one definition that the exporter (torch side) and the runtime (serving side) both use.
-ATTRIBUTES = ("color", "shape")
-COMPOSER_OUTPUTS = ("q_base", "q_color", "q_shape", "weights")
+# The attribute sub-queries of a bundle that names none (every bundle before the set was configurable),
+# in the order of the composer's `weights` columns.
+DEFAULT_ATTRIBUTES = ("color", "shape")
+
+
+def composer_outputs(attributes) -> tuple[str, ...]:
+    """The composer's output names for an attribute set: one definition that the exporter (torch side)
+    and the runtime (serving side) both use."""
+    return ("q_base", *(f"q_{a}" for a in attributes), "weights")
 
 
 @dataclass
@@ -38,7 +44,7 @@ class BundleSpec:
     max_text_len: int
     opset: int
     precision: str = "fp32"  # fp32 | fp16
-    attributes: list[str] = field(default_factory=lambda: list(ATTRIBUTES))
+    attributes: list[str] = field(default_factory=lambda: list(DEFAULT_ATTRIBUTES))
     attribute_weights: str = "sigmoid"  # how the model produces its weights (off | global | sigmoid | softmax)
     source: dict = field(default_factory=dict)  # where it came from: checkpoint, preset...
     format: str = FORMAT

@@ -2,7 +2,7 @@
 
     enc = Encoder("exports/demo-bundle")           # TensorRT > CUDA > CPU, whichever is available
     tokens = enc.encode_images(["a.jpg", pil_img])  # [N, Q, D]
-    parts = enc.compose([ref_img], ["make it red"])  # q_base, q_color, q_shape, weights
+    parts = enc.compose([ref_img], ["make it red"])  # q_base, q_attrs (one per attribute), weights
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.bundle import COMPOSER_OUTPUTS, FILES, BundleSpec, read_bundle
+from encoder.bundle import FILES, BundleSpec, composer_outputs, read_bundle
 from encoder.errors import EncoderError
 from encoder.fusion import fuse, resolve_weights
 from encoder.preprocess import MAX_PIXELS, load_image, normalize, prepare_image
@@ -43,12 +43,20 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
 @dataclass
 class ComposeOutput:
     q_base: np.ndarray  # [B, D], normalised
-    q_color: np.ndarray  # [B, D]
-    q_shape: np.ndarray  # [B, D]
-    weights: np.ndarray  # [B, 2]: the model's (a_color, a_shape)
+    q_attrs: np.ndarray  # [B, A, D]: one sub-query per attribute
+    weights: np.ndarray  # [B, A]: the model's attribute weights
+    attributes: tuple[str, ...]  # the A names, in column order
 
     def fused(self, override: dict | None = None) -> np.ndarray:
-        return fuse(self.q_base, self.q_color, self.q_shape, resolve_weights(self.weights, override))
+        return fuse(self.q_base, self.q_attrs, self.weights_used(override))
+
+    def weights_used(self, override: dict | None = None) -> np.ndarray:
+        """The weights the fusion uses: the model's, with the caller's values for the names given."""
+        return resolve_weights(self.weights, override, self.attributes)
+
+    def sub_query(self, name: str) -> np.ndarray:
+        """One attribute's sub-query [B, D]."""
+        return self.q_attrs[:, self.attributes.index(name)]
 
 
 class Encoder:
@@ -123,14 +131,17 @@ class Encoder:
     def compose_pixels(self, pixels: np.ndarray, texts: Sequence[str]) -> ComposeOutput:
         if len(pixels) != len(texts):
             raise EncoderError(f"{len(pixels)} images but {len(texts)} texts; give one text per reference image")
-        parts: list[list[np.ndarray]] = [[], [], [], []]
+        names = tuple(self.spec.attributes)
+        outputs = composer_outputs(names)
+        parts: list[list[np.ndarray]] = [[] for _ in outputs]
         for s in range(0, len(texts), self.max_batch):
             ids, mask = self.tokenizer(list(texts[s: s + self.max_batch]))
-            got = self._run(self.composer_session, COMPOSER_OUTPUTS,
+            got = self._run(self.composer_session, outputs,
                             {"pixel_values": pixels[s: s + self.max_batch], "input_ids": ids, "attention_mask": mask})
             for acc, g in zip(parts, got, strict=True):
                 acc.append(g)
-        return ComposeOutput(*(np.concatenate(p).astype(np.float32) for p in parts))
+        flat = [np.concatenate(p).astype(np.float32) for p in parts]
+        return ComposeOutput(flat[0], np.stack(flat[1:-1], axis=1), flat[-1], names)
 
     def compose(self, images: Sequence, texts: Sequence[str] | str) -> ComposeOutput:
         """Reference images + modification texts -> the composer's outputs (fusion is the caller's)."""

@@ -27,7 +27,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from encoder import ComposeOutput, Encoder, EncoderError
-from encoder.fusion import ATTRIBUTES, l2_normalize, resolve_weights
+from encoder.fusion import l2_normalize
 from plugin import store
 from plugin.errors import SearchError
 from plugin.fetch import FetchError, fetch_url
@@ -187,10 +187,11 @@ class CIRSearch:
         base_filter = to_filter(filter)
         parts, refs = self.compose(images, texts)
         try:
-            w = resolve_weights(parts.weights, weights)
+            w = parts.weights_used(weights)
         except EncoderError as e:
             raise SearchError(str(e)) from e
         q = parts.fused(weights)
+        names = parts.attributes
         over = oversample or self.oversample
         self.follow()
         if exact is None:
@@ -207,7 +208,7 @@ class CIRSearch:
             warnings.filterwarnings("ignore", message="Local mode performs exact")
             responses = self._on_target(lambda name: self.client.query_batch_points(name, requests=requests))
         out = []
-        attr = {"color": l2_normalize(parts.q_color), "shape": l2_normalize(parts.q_shape)}
+        attr = l2_normalize(parts.q_attrs)  # [B, A, D]: each attribute's own score in the breakdown
         for i, resp in enumerate(responses):
             hits = []
             for p in resp.points:
@@ -215,10 +216,10 @@ class CIRSearch:
                 if explain:
                     tokens = np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32)
                     breakdown = {"base": float((tokens @ parts.q_base[i]).max()),
-                                 **{a: float((tokens @ attr[a][i]).max()) for a in ATTRIBUTES}}
+                                 **{a: float((tokens @ attr[i, j]).max()) for j, a in enumerate(names)}}
                 payload = dict(p.payload or {})
                 hits.append(Hit(id=payload.get("item_id", str(p.id)), score=float(p.score), payload=payload,
-                                breakdown=breakdown, weights=dict(zip(ATTRIBUTES, map(float, w[i]), strict=True))))
+                                breakdown=breakdown, weights=dict(zip(names, map(float, w[i]), strict=True))))
             out.append(hits)
         return out
 

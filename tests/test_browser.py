@@ -96,6 +96,8 @@ def test_pick_type_search_and_override_a_weight(page, direct):  # noqa: F811
     model = want[0].weights
     assert f"color {model['color']:.2f}" in driver.find_element(By.ID, "model-weights").text
 
+    sliders = driver.find_elements(By.CSS_SELECTOR, "#sliders input[type=range]")  # one per attribute of the bundle
+    assert [e.get_attribute("data-attr") for e in sliders] == list(want[0].weights) == ["color", "shape"]
     slider = driver.find_element(By.ID, "w-color")  # keyboard only: focus the slider, press the right arrow
     slider.send_keys(Keys.ARROW_RIGHT * 6)
     wait.until(lambda d: len(recorder.bodies) >= 2 and "weights" in json.loads(recorder.bodies[-1][1]))

@@ -32,10 +32,11 @@ def test_parity_over_batch_sizes_and_padded_texts(tiny_trained, tiny_bundle):
             ref_tokens = model.encode_image(torch.from_numpy(pixels)).numpy()
             ids, mask = tok(texts[:b])
             ref = [t.numpy() for t in model.compose(torch.from_numpy(pixels), torch.from_numpy(ids),
-                                                     torch.from_numpy(mask))]
+                                                     torch.from_numpy(mask))]  # q_base, q_attrs, weights
         assert np.abs(enc.encode_pixels(pixels) - ref_tokens).max() < 1e-4
         got = enc.compose_pixels(pixels, texts[:b])
-        for r, g in zip(ref, (got.q_base, got.q_color, got.q_shape, got.weights), strict=True):
+        assert got.attributes == model.cfg.attributes
+        for r, g in zip(ref, (got.q_base, got.q_attrs, got.weights), strict=True):
             assert np.abs(r - g).max() < 1e-4
 
 
@@ -159,7 +160,7 @@ def test_fusion_and_weight_override():
     qs = np.array([[0.0, 0.0, 1.0]], dtype=np.float32)
     w = resolve_weights(np.array([[0.5, 0.5]]), {"color": 2.0})
     assert w.tolist() == [[2.0, 0.5]]
-    q = fuse(qb, qc, qs, w)
+    q = fuse(qb, np.stack([qc, qs], axis=1), w)
     assert np.allclose(q, np.array([[1, 2, 0.5]]) / np.linalg.norm([1, 2, 0.5]))
     with pytest.raises(EncoderError, match="unknown attribute"):
         resolve_weights(w, {"texture": 1})

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,10 @@ from training.metrics import (
     average_precision_at_k,
     circo_map,
     cirr_metrics,
+    cirr_ranks,
     fashioniq_metrics,
+    mcnemar_exact,
+    paired_bootstrap,
     recall_at_k,
     target_ranks,
     top_k,
@@ -80,6 +84,32 @@ def test_cirr_metrics_against_brute_force():
         assert m[f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k))
     for k in (1, 2, 3):
         assert m[f"Rs@{k}"] == pytest.approx(100 * np.mean(np.array(sub) < k))
+    got_ranks, got_sub = cirr_ranks(scores, gallery, refs, tgts, members)  # the per-query ranks behind them
+    assert got_ranks.tolist() == ranks and got_sub.tolist() == sub
+
+
+def test_mcnemar_exact_against_the_binomial_by_hand():
+    a = np.array([True] * 10 + [False] * 5)
+    assert mcnemar_exact(a, a) == {"only_a": 0, "only_b": 0, "p": 1.0}
+    b = np.array([False] * 10 + [True] * 5)  # a wins 10, b wins 5: p = 2 * P(X <= 5), X ~ Bin(15, 1/2)
+    m = mcnemar_exact(a, b)
+    want = 2 * sum(math.comb(15, i) for i in range(6)) / 2**15
+    assert (m["only_a"], m["only_b"]) == (10, 5) and m["p"] == pytest.approx(want)
+    assert mcnemar_exact(b, a)["p"] == pytest.approx(want)  # symmetric
+    assert mcnemar_exact(np.zeros(10, bool), np.ones(10, bool))["p"] == pytest.approx(2 / 2**10)
+
+
+def test_paired_bootstrap_sees_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    a = rng.random(1000) < 0.5
+    same = paired_bootstrap(a, a)
+    assert same["diff"] == 0 and same["p"] == 1.0
+    better = a | (rng.random(1000) < 0.2)  # b also gets ~10% more of the queries right
+    out = paired_bootstrap(a, better)
+    assert out["diff"] == pytest.approx(100 * (better.mean() - a.mean())) and out["p"] < 0.001
+    assert out["ci95"][0] > 0
+    noise = np.where(rng.random(1000) < 0.02, ~a, a)  # a few flips either way
+    assert paired_bootstrap(a, noise)["p"] > 0.05
 
 
 def test_fashioniq_metrics_keep_the_reference_and_average():

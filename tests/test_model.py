@@ -1,7 +1,13 @@
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import Blip2ForImageTextRetrieval
 
+from encoder.text import TextTokenizer
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import TrainingError
 from training.model import DQECIR, blip2_config, build_blip2, maxsim, model_config
 from training.train import TrainConfig, build_model
@@ -39,9 +45,8 @@ def test_build_model_blip2_preset_uses_the_checkpoint_tokenizer(tmp_path):
     model, tok = build_model(TrainConfig(model="blip2", model_overrides={"pretrained": str(tmp_path)}))
     assert model.cfg.freeze_vision and not any(p.requires_grad for p in model.blip.vision_model.parameters())
     ids, mask = tok(["make the red circle blue"])
-    q_base, q_color, q_shape, w = model.compose(torch.randn(1, 3, 32, 32), torch.from_numpy(ids),
-                                                torch.from_numpy(mask))
-    assert q_base.shape == (1, 32) and w.shape == (1, 2)
+    q_base, q_attrs, w = model.compose(torch.randn(1, 3, 32, 32), torch.from_numpy(ids), torch.from_numpy(mask))
+    assert q_base.shape == (1, 32) and q_attrs.shape == (1, 2, 32) and w.shape == (1, 2)
 
 
 def test_missing_pretrained_dir_is_a_clear_error(tmp_path):
@@ -61,9 +66,12 @@ def test_compose_outputs_and_weight_variants(mode):
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
     with torch.no_grad():
-        q_base, q_color, q_shape, w = model.compose(torch.randn(2, 3, 32, 32), ids, mask)
-        q = model.fuse(q_base, q_color, q_shape, w)
+        q_base, q_attrs, w = model.compose(torch.randn(2, 3, 32, 32), ids, mask)
+        q = model.fuse(q_base, q_attrs, w)
     assert torch.allclose(q_base.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(q_attrs.norm(dim=-1), torch.ones(2, 2), atol=1e-5), "sub-queries at q_base's scale"
+    want = torch.nn.functional.normalize(q_base + w[:, :1] * q_attrs[:, 0] + w[:, 1:] * q_attrs[:, 1], dim=-1)
+    assert torch.allclose(q, want, atol=1e-6)
     assert torch.allclose(q.norm(dim=-1), torch.ones(2), atol=1e-5)
     if mode == "off":
         assert torch.equal(w, torch.zeros(2, 2)) and torch.allclose(q, q_base, atol=1e-6)
@@ -71,7 +79,44 @@ def test_compose_outputs_and_weight_variants(mode):
         assert torch.allclose(w.sum(-1), torch.ones(2))
     if mode == "global":
         assert torch.equal(w[0], w[1])
-    assert not torch.allclose(model.color_head.weight, model.shape_head.weight), "heads must start different"
+    heads = model.attribute_heads
+    assert not torch.allclose(heads["color"].weight, heads["shape"].weight), "heads must start different"
+
+
+def test_attribute_set_is_configurable_and_checked():
+    model = DQECIR(model_config("tiny", vocab_size=300, attributes=("color", "shape", "size"))).eval()
+    ids = torch.randint(5, 200, (2, 6))
+    with torch.no_grad():
+        q_base, q_attrs, w = model.compose(torch.randn(2, 3, 32, 32), ids, torch.ones_like(ids))
+    assert q_attrs.shape == (2, 3, 32) and w.shape == (2, 3)
+    assert list(model.attribute_heads) == ["color", "shape", "size"]
+    for bad in ((), ("color", "color"), ("Color",), ("two words",)):
+        with pytest.raises(TrainingError, match="attributes must be"):
+            model_config("tiny", attributes=bad)
+
+
+def test_legacy_checkpoint_keeps_unnormalised_sub_queries(tmp_path):
+    """A checkpoint from before the attribute set was configurable (heads color_head / shape_head, no
+    subquery_norm key) loads under the new names and scores exactly as it was trained: unnormalised."""
+    torch.manual_seed(0)
+    model = DQECIR(model_config("tiny", vocab_size=300, subquery_norm=False)).eval()
+    tok = TextTokenizer(build_tokenizer(), model.cfg.max_text_len)
+    new = save_checkpoint(tmp_path / "new.safetensors", model, tok)
+    with safe_open(str(new), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k.replace("attribute_heads.color.", "color_head.").replace("attribute_heads.shape.", "shape_head."):
+                   f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["model_config"])
+    del cfg["subquery_norm"], cfg["attributes"]
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata={**meta, "model_config": json.dumps(cfg)})
+    old, _, _ = load_checkpoint(tmp_path / "old.safetensors")
+    assert old.cfg.subquery_norm is False and old.cfg.attributes == ("color", "shape")
+    ids = torch.randint(5, 200, (2, 6))
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(model.compose(px, ids, torch.ones_like(ids)), old.eval().compose(px, ids, torch.ones_like(ids)),
+                        strict=True):
+            assert torch.equal(a, b)
 
 
 def test_fresh_init_is_not_degenerate():

@@ -165,7 +165,8 @@ class FakeEncoder:
 
     def compose(self, images, texts):
         e = np.eye(4, dtype=np.float32)
-        return ComposeOutput(q_base=e[[0]], q_color=e[[1]], q_shape=e[[2]], weights=np.array([[0.5, 0.5]], "f4"))
+        return ComposeOutput(q_base=e[[0]], q_attrs=e[None, [1, 2]], weights=np.array([[0.5, 0.5]], "f4"),
+                             attributes=("color", "shape"))
 
 
 def test_weight_overrides_move_color_and_shape_matches():

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.errors import TrainingError
 from training.train import TrainConfig, load_checkpoint, load_train_config, train
@@ -216,6 +217,13 @@ def test_cli_recipe_and_pretrained_flags(tmp_path, capsys):
     assert r["estimates"][0]["gpus"] == 2 and r["estimates"][0]["steps_per_epoch"] == 1
 
 
+def test_cli_lists_every_loss_and_recipe():
+    from training import cli
+    from training.config import LOSSES, RECIPES, recipe_names
+
+    assert cli.LOSS_CHOICES == LOSSES and cli.RECIPES == RECIPES and "demo-both" in recipe_names()
+
+
 def test_set_null_unsets_a_recipe_key_and_a_bad_set_is_refused():
     """`--set max_steps=null` unsets the recipe's step count (so --max-minutes lays the schedule), where
     an absent flag leaves the recipe's value; `--set` without KEY= is a clear error, not a silent no-op."""
@@ -261,8 +269,6 @@ def test_dry_run_counts_and_estimates_on_the_real_fashioniq_annotations(tmp_path
 
 def _saved_bytes(model, b: int, text_len: int) -> int:
     """Bytes of the distinct tensors autograd keeps for the backward of one pairwise step (fp32, CPU)."""
-    import torch
-
     seen: dict[int, int] = {}
 
     def keep(t):
@@ -300,8 +306,6 @@ def test_activation_estimate_is_within_a_factor_two_of_autograd(tmp_path):
 
 
 def test_grad_checkpointing_gives_the_same_loss_and_gradients(synth_small, tmp_path):
-    import torch
-
     from training.cir_data import load_cir_data
     from training.train import Trainer, build_model
 
@@ -333,8 +337,6 @@ def test_bf16_autocast_runs_on_cpu_too(synth_small, tmp_path):
 def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
     """METHOD.md: the pool is the training targets of the same category, for the warm-up's random
     negatives and for the mined mid-zones alike; never the reference or the target."""
-    import torch
-
     from tests.cir_layouts import fashioniq
     from training.cir_data import load_cir_data
     from training.train import Trainer, build_model
@@ -358,8 +360,107 @@ def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
         assert data.tgt[i] not in zone and data.ref[i] not in zone
 
 
-OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_margin", "margin", "lambda_attr", "img_set_negatives",
-             "phrasing_noise")
+OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_pair", "pair_tau", "lambda_margin", "margin",
+             "lambda_attr", "img_set_negatives", "phrasing_noise")
+
+
+def _trainer(synth_small, tmp_path, **kw):
+    from training.cir_data import load_cir_data
+    from training.train import Trainer, build_model
+
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path), model="tiny", batch_size=8, eval_every=0,
+                      progress=False, **kw)
+    model, tok = build_model(cfg)
+    data = load_cir_data("synth", synth_small, "train", model.cfg.image_size, progress=False)
+    return Trainer(cfg, data, None, model, tok)
+
+
+def _loss_of_batch(trainer, seed: int = 0) -> float:
+    import random
+
+    trainer.neg_rng, trainer.text_rng = np.random.default_rng(seed), random.Random(seed)
+    with torch.no_grad():
+        return float(trainer.loss_cir(np.arange(8))[0])
+
+
+def test_pairwise_term_has_a_temperature_of_its_own(synth_small, tmp_path):
+    """The pairwise KL divides by cfg.pair_tau, not by the contrastive loss's learned temperature."""
+    import math
+
+    t = _trainer(synth_small, tmp_path, loss="pairwise", negatives="random", pair_tau=0.1)
+    t.model.eval()
+    with torch.no_grad():
+        t.model.log_tau.fill_(math.log(0.01))
+    a = _loss_of_batch(t)
+    with torch.no_grad():
+        t.model.log_tau.fill_(math.log(0.5))
+    assert _loss_of_batch(t) == pytest.approx(a, abs=1e-6)
+    t.cfg.pair_tau = 0.02
+    assert _loss_of_batch(t) != pytest.approx(a, abs=1e-3)
+    with pytest.raises(TrainingError, match="pair_tau"):
+        TrainConfig(pair_tau=0).validate()
+
+
+def test_attribute_term_gets_each_attribute_s_img_set_twin(synth_small, tmp_path):
+    """On the synthetic set the color head's negative differs from the target in color alone, the shape
+    head's in shape alone; a query without such a twin gets no term for that attribute."""
+    from training.attributes import twin_attribute
+
+    t = _trainer(synth_small, tmp_path, lambda_attr=0.5, img_set_negatives=1)
+    keys, names = t.train.scene_keys, t.model.cfg.attributes
+    twins = t.attr_twins
+    assert twins.shape == (len(t.train.ref), 2) and (twins >= 0).mean() > 0.3
+    for i in range(50):
+        for j, name in enumerate(names):
+            if twins[i, j] >= 0:
+                assert twin_attribute(keys[twins[i, j]], keys[t.train.tgt[i]]) == name
+                assert twins[i, j] in t.train.members[i]
+    cols, at = t.attribute_columns(np.arange(8), None)
+    assert ((at >= 0) == (twins[:8] >= 0)).all() and cols.tolist() == twins[:8][twins[:8] >= 0].tolist()
+    assert _loss_of_batch(t) > _loss_of_batch(_trainer(synth_small, tmp_path / "b", img_set_negatives=1))
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "pairwise", "both"])
+def test_each_attribute_term_scores_against_its_own_twin_image(synth_small, tmp_path, monkeypatch, loss):
+    """Inside loss_cir: the tokens each attribute term takes as its negative are those of that attribute's
+    img_set twin, and a query without a twin gets no term (not some other column's image)."""
+    import training.train as train_module
+
+    t = _trainer(synth_small, tmp_path, loss=loss, negatives="random", lambda_attr=0.5, img_set_negatives=2)
+    real_forward = t.forward
+
+    def forward(ref, texts, cols):  # every column's tokens carry its image index
+        parts, tokens, tau = real_forward(ref, texts, cols)
+        return parts, torch.from_numpy(np.asarray(cols, np.float32))[:, None, None].expand_as(tokens), tau
+
+    seen = {}
+
+    def spy(q_attrs, t_pos, tokens, neg_at, tau):
+        seen["images"] = np.where(neg_at >= 0, tokens[np.maximum(neg_at, 0), 0, 0].numpy(), -1).astype(int)
+        return q_attrs.new_zeros(())
+
+    monkeypatch.setattr(t, "forward", forward)
+    monkeypatch.setattr(train_module, "attribute_loss", spy)
+    without = np.flatnonzero((t.attr_twins < 0).any(axis=1))  # add / remove edits have no such twin
+    qi = np.concatenate([without[:4], np.flatnonzero((t.attr_twins >= 0).all(axis=1))[:4]])
+    with torch.no_grad():
+        t.loss_cir(qi)
+    want = t.attr_twins[qi]
+    assert (want < 0).any() and (want >= 0).any(), "the batch should hold queries with and without twins"
+    assert seen["images"].tolist() == want.tolist()
+
+
+def test_both_loss_mines_and_adds_the_pairwise_terms_to_the_contrastive_one(synth_small, tiny_trained, tmp_path):
+    cfg = TrainConfig(root=str(synth_small), out=str(tmp_path / "both"), init=str(tiny_trained), loss="both",
+                      negatives="trns", trns={"bounds": "quantile", "low": 0.0, "high": 0.05}, trns_pool="all",
+                      trns_warmup_epochs=0, img_set_negatives=2, lambda_margin=0.5, lambda_attr=0.2, max_steps=3,
+                      batch_size=16, eval_every=0, progress=False, model_overrides={"subquery_norm": True})
+    assert train(cfg, resume=False)["steps"] == 3
+    events = [json.loads(line) for line in (tmp_path / "both" / "metrics.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "trns_rebuild"
+    steps = [e for e in events if e["event"] == "step"]
+    assert all({"kl", "margin", "attr", "delta"} <= set(e) for e in steps)
+    assert all(e["loss"] > e["kl"] + 0.5 * e["margin"] for e in steps)  # the contrastive part is in there too
 
 
 def test_demo_dqe_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_trained, tmp_path):

@@ -19,34 +19,40 @@ def brute_mid_zones(scores, targets, excluded, cfg):
     for i in range(len(scores)):
         delta = [scores[i][targets[i]] - scores[i][c] for c in range(scores.shape[1])]
         allowed = [c for c in range(scores.shape[1]) if not excluded[i][c]]
-        if cfg.bounds == "quantile":
-            vals = [delta[c] for c in allowed]
-            lo, hi = np.quantile(vals, cfg.low), np.quantile(vals, cfg.high)
-        else:
-            lo, hi = cfg.low, cfg.high
-        zone = [c for c in allowed if lo <= delta[c] <= hi]
-        for _ in range(cfg.widen):
-            if zone:
-                break
-            w = max(hi - lo, 1e-3)
-            lo, hi = lo - w / 2, hi + w / 2
-            zone = [c for c in allowed if lo <= delta[c] <= hi]
+        below = [c for c in allowed if delta[c] > cfg.guard]
+        zone = []
+        if below:
+            if cfg.bounds == "quantile":
+                vals = [delta[c] for c in below]
+                lo, hi = np.quantile(vals, cfg.low), np.quantile(vals, cfg.high)
+            else:
+                lo, hi = cfg.low, cfg.high
+            zone = [c for c in below if lo <= delta[c] <= hi]
+            for _ in range(cfg.widen):
+                if zone:
+                    break
+                w = max(hi - lo, 1e-3)
+                lo, hi = lo - w / 2, hi + w / 2
+                zone = [c for c in below if lo <= delta[c] <= hi]
         if not zone:
-            below = sorted((c for c in allowed if delta[c] > 0), key=lambda c: (delta[c], c))
-            zone = below[: cfg.fallback] if below else sorted(allowed, key=lambda c: (-delta[c], c))[: cfg.fallback]
+            past_guard = sorted(below, key=lambda c: (delta[c], c))
+            under = sorted((c for c in allowed if delta[c] > 0), key=lambda c: (delta[c], c))
+            lowest = sorted(allowed, key=lambda c: (-delta[c], c))
+            zone = (past_guard or under or lowest)[: cfg.fallback]
         out.append(sorted(zone))
     return out
 
 
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("guard", [0.0, 0.15])
 @pytest.mark.parametrize("bounds,low,high", [("quantile", 0.1, 0.4), ("absolute", 0.05, 0.3), ("absolute", 5, 6)])
-def test_mid_zone_matches_brute_force(seed, bounds, low, high):
+def test_mid_zone_matches_brute_force(seed, guard, bounds, low, high):
     rng = np.random.default_rng(seed)
     q, n = 12, 30
     scores = np.round(rng.random((q, n)), 1)  # rounding makes many ties
     targets = rng.integers(0, n, q)
     excluded = exclusion_mask(q, n, targets, [[int(rng.integers(n))] for _ in range(q)])
-    cfg = MidZoneConfig(bounds=bounds, low=low, high=high)
+    cfg = MidZoneConfig(bounds=bounds, low=low, high=high, guard=guard)
     got = mid_zone_negatives(delta_scores(scores, targets), excluded, cfg)
     want = brute_mid_zones(scores, targets, excluded, cfg)
     assert [sorted(z.tolist()) for z in got] == want
@@ -60,6 +66,43 @@ def test_empty_mid_zone_falls_back_to_nearest_below_target():
     zone = mid_zone_negatives(delta_scores(scores, np.array([0])), excluded,
                               MidZoneConfig(bounds="absolute", low=10, high=11, widen=0, fallback=2))
     assert zone[0].tolist() == [3, 2]  # closest below the target first; 4 scores above it
+
+
+@pytest.mark.parametrize("target_rank", [0, 3, 49, 500, 998])
+@pytest.mark.parametrize("bounds,low,high", [("quantile", 0.02, 0.10), ("quantile", 0.001, 0.01),
+                                             ("quantile", 0.0, 1.0), ("absolute", -1.0, 2.0)])
+def test_no_zone_member_ever_scores_above_the_target(target_rank, bounds, low, high):
+    """The issue's case: with the target ranked 50th of 1,000, fixed rank bands (quantiles of Delta over
+    the whole pool) held images above the target; anchored at the target, none ever does, and the
+    guard band just below it is left out too."""
+    rng = np.random.default_rng(target_rank)
+    n, q = 1000, 8
+    scores = rng.normal(size=(q, n))
+    order = np.argsort(-scores, axis=1)
+    targets = order[:, target_rank]  # each query's target at that rank
+    excluded = exclusion_mask(q, n, targets)
+    cfg = MidZoneConfig(bounds=bounds, low=low, high=high, guard=0.05)
+    delta = delta_scores(scores, targets)
+    for i, zone in enumerate(mid_zone_negatives(delta, excluded, cfg)):
+        assert len(zone)
+        if target_rank < n - 1:
+            assert (scores[i, zone] < scores[i, targets[i]]).all()
+            if (delta[i] > cfg.guard).any():
+                assert (delta[i, zone] > cfg.guard).all()
+
+
+def test_a_target_ranked_last_still_gets_a_negative():
+    scores = np.array([[0.1, 0.5, 0.9, 0.7]])  # the target (0) scores lowest of all
+    zone = mid_zone_negatives(delta_scores(scores, np.array([0])), exclusion_mask(1, 4, np.array([0])),
+                              MidZoneConfig(fallback=2))[0]
+    assert zone.tolist() == [1, 3]  # the lowest-scoring ones: there is nothing below the target
+
+
+def test_mid_zone_config_rejects_bad_bounds():
+    with pytest.raises(ValueError, match="quantile bounds"):
+        MidZoneConfig(bounds="quantile", low=0.5, high=0.1)
+    with pytest.raises(ValueError, match="guard"):
+        MidZoneConfig(guard=-0.1)
 
 
 def test_sampler_draws_without_replacement_until_exhausted():

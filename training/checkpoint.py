@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from encoder.text import TextTokenizer
 from training.errors import TrainingError
-from training.model import DQECIR, ModelConfig
+from training.model import DQECIR, ModelConfig, legacy_state_dict
 
 FORMAT = "dqe-cir-checkpoint/2"
 LEGACY_FORMAT = "dqe-cir-checkpoint/1"
@@ -145,17 +145,23 @@ def read_meta(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path) -> tuple[DQECIR, TextTokenizer, dict]:
     """(model in fp32, tokenizer, read_meta(path))."""
     f, meta = _open(path)
-    mc = json.loads(meta["model_config"])
-    mc["pretrained"] = None  # the weights are all in the checkpoint
-    cfg = ModelConfig(**mc)
+    cfg = saved_model_config(json.loads(meta["model_config"]))
     tok = TextTokenizer.from_str(meta["tokenizer"], cfg.max_text_len)
     model = DQECIR(cfg)
-    state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(TRAINER)}
+    state = legacy_state_dict({k: f.get_tensor(k) for k in f.keys() if not k.startswith(TRAINER)}, cfg)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     except RuntimeError as e:
         raise TrainingError(f"{path}: weights do not fit the model its config describes ({e})") from e
     return model, tok, read_meta(path)
+
+
+def saved_model_config(mc: dict) -> ModelConfig:
+    """A checkpoint's ModelConfig. One saved before sub-query normalisation existed has no
+    "subquery_norm" key and was trained without it: it keeps scoring as it did (False)."""
+    mc = {**mc, "pretrained": None}  # the weights are all in the checkpoint
+    mc.setdefault("subquery_norm", False)
+    return ModelConfig(**mc)
 
 
 def load_trainer_state(path: str | Path) -> dict:
@@ -189,11 +195,9 @@ def convert_legacy(src: str | Path, dst: str | Path, trust_pickle: bool = False)
     fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if fmt != LEGACY_FORMAT:
         raise TrainingError(f"{src}: not an old DQE-CIR checkpoint (format {fmt!r}, expected {LEGACY_FORMAT!r})")
-    mc = dict(payload["model_config"])
-    mc["pretrained"] = None
-    cfg = ModelConfig(**mc)
+    cfg = saved_model_config(payload["model_config"])
     model = DQECIR(cfg)
-    weights = payload["model"]
+    weights = legacy_state_dict(payload["model"], cfg)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     half = any(v.dtype == torch.float16 for v in weights.values())
     trainer = {k: payload[k] for k in ("train_config", "step", "epoch", "elapsed_s", "total_steps", "history")

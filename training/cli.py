@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from training.errors import TrainingError
 
@@ -18,8 +19,15 @@ OVERRIDES = ("data", "root", "out", "model", "pretrained", "init", "loss", "nega
              "max_minutes", "max_steps", "seed", "eval_every", "precision", "images")
 
 
+# training.config.LOSSES and the recipes' names, without importing training.config (numpy): `--help`
+# stays light (a test holds the two lists together).
+LOSS_CHOICES = ("contrastive", "pairwise", "both")
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="a recipe: a name under training/recipes (fashioniq-blip2, cirr-blip2, demo) or "
+    names = ", ".join(sorted(r.stem for r in RECIPES.glob("*.json")))
+    p.add_argument("--recipe", help=f"a recipe: a name under training/recipes ({names}) or "
                                     "a JSON file of TrainConfig fields; flags override it")
     p.add_argument("--config", help="alias of --recipe")
     p.add_argument("--data", choices=["synth", "cirr", "fashioniq"])
@@ -29,7 +37,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", help="blip2: a save_pretrained folder of Blip2ForImageTextRetrieval with its "
                                         "tokenizer (e.g. a local copy of Salesforce/blip2-itm-vit-g)")
     p.add_argument("--init", help="start from this checkpoint's weights")
-    p.add_argument("--loss", choices=["contrastive", "pairwise"])
+    p.add_argument("--loss", choices=list(LOSS_CHOICES))
     p.add_argument("--negatives", choices=["random", "trns"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="the global batch (split over the processes of a torchrun job)")

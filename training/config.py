@@ -9,6 +9,9 @@ from pathlib import Path
 from training.cir_data import TRNS_POOLS
 from training.datasets import read_json
 from training.errors import TrainingError
+from training.trns import MidZoneConfig
+
+LOSSES = ("contrastive", "pairwise", "both")
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -23,17 +26,23 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     init: str | None = None  # checkpoint to start from (weights only)
     task: str = "cir"  # cir | caption (image-caption pretraining)
-    loss: str = "contrastive"  # contrastive | pairwise
-    negatives: str = "trns"  # random | trns (pairwise only)
+    # contrastive | pairwise | both (in-batch contrastive + the pairwise terms, the pairwise negative
+    # joining the contrastive columns: ours, docs/METHOD.md)
+    loss: str = "contrastive"
+    negatives: str = "trns"  # random | trns: the pairwise negative
     trns: dict = field(default_factory=dict)  # MidZoneConfig fields
     trns_warmup_epochs: int | None = None  # random negatives before the first mining; None: the first rebuild interval
     trns_rebuild_every: int | None = None  # epochs between rebuilds; None: epochs // 6 (METHOD.md)
     # auto: METHOD.md's (FashionIQ: the category's training targets; else every image) | all | targets
     trns_pool: str = "auto"
     trns_chunk: int = 1024  # queries scored at a time when mining: host memory O(chunk x pool)
+    lambda_pair: float = 1.0  # the pairwise KL's weight (pairwise and both)
+    # [ours] the pairwise KL's own, fixed temperature: the learned contrastive one sinks to its 0.01 clamp,
+    # and at 0.015 the mid-zone's Delta/tau ~ 11 left the KL ~0.016 with no gradient (docs/METHOD.md)
+    pair_tau: float = 0.1
     lambda_margin: float = 0.0
     margin: float = 0.15
-    lambda_attr: float = 0.0
+    lambda_attr: float = 0.0  # attribute-aware term: each sub-query against its attribute's negative
     img_set_negatives: int = 0  # contrastive: this many img_set distractors per query join the negatives
     phrasing_noise: float = 0.0  # synth: per-word chance that a non-attribute word is replaced or dropped
     epochs: int = 10
@@ -58,7 +67,8 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.task in ("cir", "caption"), f"task must be 'cir' or 'caption', not {self.task!r}"),
-            (self.loss in ("contrastive", "pairwise"), f"loss must be 'contrastive' or 'pairwise', not {self.loss!r}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}"),
+            (self.pair_tau > 0, f"pair_tau must be > 0, not {self.pair_tau}"),
             (self.negatives in ("random", "trns"), f"negatives must be 'random' or 'trns', not {self.negatives!r}"),
             (self.epochs >= 1 and self.batch_size >= 2, "epochs must be >= 1 and batch_size >= 2"),
             (self.grad_accum >= 1 and self.lr > 0, "grad_accum must be >= 1 and lr > 0"),
@@ -81,6 +91,23 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise TrainingError(msg)
+        try:
+            MidZoneConfig(**self.trns)
+        except (TypeError, ValueError) as e:
+            raise TrainingError(f"trns: {e}; its keys are {', '.join(MidZoneConfig.__dataclass_fields__)}") from e
+
+    @property
+    def contrastive(self) -> bool:
+        return self.loss in ("contrastive", "both")
+
+    @property
+    def pairwise(self) -> bool:
+        return self.loss in ("pairwise", "both")
+
+    @property
+    def mines(self) -> bool:
+        """TRNS mid-zones are mined: a CIR run whose pairwise negatives come from TRNS."""
+        return self.task == "cir" and self.pairwise and self.negatives == "trns"
 
 
 def recipe_names() -> list[str]:

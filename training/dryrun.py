@@ -132,9 +132,10 @@ def qformer_flops(d: Dims, s: int) -> float:
 
 
 def columns_per_query(cfg: TrainConfig) -> int:
-    """Images encoded per query besides its reference: target + negative (pairwise) or target +
-    img_set distractors (contrastive)."""
-    return 2 if cfg.loss == "pairwise" else 1 + cfg.img_set_negatives
+    """Images encoded per query besides its reference: the target, the img_set distractors
+    (contrastive), the pairwise negative, and up to one attribute negative per attribute."""
+    attrs = len(cfg.model_overrides.get("attributes", ("color", "shape"))) if cfg.lambda_attr else 0
+    return 1 + (cfg.img_set_negatives if cfg.contrastive else 0) + int(cfg.pairwise) + attrs
 
 
 def estimate(d: Dims, sizes: Sizes, cfg: TrainConfig, params_total: int, params_trainable: int, gpus: int = 1,
@@ -165,7 +166,7 @@ def estimate(d: Dims, sizes: Sizes, cfg: TrainConfig, params_total: int, params_
     from training.trns import rebuild_epochs
 
     epochs = math.ceil(total_steps / steps_per_epoch)
-    mining = cfg.loss == "pairwise" and cfg.negatives == "trns"
+    mining = cfg.mines
     rebuilds = len(rebuild_epochs(epochs, cfg.trns_warmup_epochs, cfg.trns_rebuild_every)) if mining else 0
     encode = vit_flops(d) + qformer_flops(d, d.queries)
     compose = vit_flops(d) + qformer_flops(d, s_compose)

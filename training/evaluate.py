@@ -9,8 +9,9 @@ import torch
 
 from encoder.fusion import resolve_weights
 from encoder.text import TextTokenizer
+from training.attributes import scene_objects
 from training.cir_data import CIRData
-from training.metrics import circo_map, cirr_metrics, fashioniq_metrics, top_k
+from training.metrics import circo_map, cirr_metrics, cirr_ranks, fashioniq_metrics, top_k
 from training.model import DQECIR, inference_autocast, maxsim
 
 
@@ -69,7 +70,7 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
     model.eval()
     cfg = model.cfg
     idx = np.arange(len(data.ref)) if idx is None else np.asarray(idx)
-    parts = {"q_base": [], "q_color": [], "q_shape": [], "weights": []}
+    parts = {"q_base": [], "q_attrs": [], "weights": []}
     for s in range(0, len(idx), batch_size):
         sel = idx[s: s + batch_size]
         ids, mask = tok([data.texts[i] for i in sel])
@@ -79,12 +80,12 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
         for k, v in zip(parts, composed, strict=True):
             parts[k].append(v.float().cpu())
     if not len(idx):
-        d = cfg.embed_dim
-        return torch.zeros(0, d), {"q_base": np.zeros((0, d), np.float32), "q_color": np.zeros((0, d), np.float32),
-                                   "q_shape": np.zeros((0, d), np.float32), "weights": np.zeros((0, 2), np.float32)}
+        d, a = cfg.embed_dim, len(cfg.attributes)
+        return torch.zeros(0, d), {"q_base": np.zeros((0, d), np.float32), "q_attrs": np.zeros((0, a, d), np.float32),
+                                   "weights": np.zeros((0, a), np.float32)}
     parts = {k: torch.cat(v) for k, v in parts.items()}
-    w = torch.from_numpy(resolve_weights(parts["weights"].numpy(), weights_override))
-    q = model.fuse(parts["q_base"], parts["q_color"], parts["q_shape"], w)
+    w = torch.from_numpy(resolve_weights(parts["weights"].numpy(), weights_override, cfg.attributes))
+    q = model.fuse(parts["q_base"], parts["q_attrs"], w)
     return q, {k: v.numpy() for k, v in parts.items()}
 
 
@@ -103,11 +104,24 @@ def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
             pos = {g: j for j, g in enumerate(gal)}
             per_cat[cat] = (scores[np.ix_(qs, gal)], [pos[t] for t in data.tgt[qs]])
         return fashioniq_metrics(per_cat)
+    return cirr_metrics(scores, *_cirr_args(data))
+
+
+def _cirr_args(data: CIRData) -> tuple:
+    """cirr_metrics' / cirr_ranks' arguments after the scores: gallery, references, targets, members,
+    positives (same-scene duplicates of the target, synthetic set)."""
     names = data.names
     same = data.same_scene_images()
     positives = None if same is None else [[names[j] for j in same[t]] for t in data.tgt]
-    return cirr_metrics(scores, names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
-                        [[names[m] for m in mem] for mem in data.members], positives)
+    return (names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
+            [[names[m] for m in mem] for mem in data.members], positives)
+
+
+def query_hits(data: CIRData, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Per query (CIRR protocol, as protocol_metrics counts them): right at R@1 and at Rs@1, bool [Q];
+    what a paired test between two models compares."""
+    ranks, sub_ranks = cirr_ranks(scores, *_cirr_args(data))
+    return {"R@1": ranks < 1, "Rs@1": sub_ranks < 1}
 
 
 def circo_rankings(data: CIRData, scores: np.ndarray, k: int = 50) -> list[list[int]]:
@@ -129,7 +143,7 @@ def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
         if got == want:
             counts["correct"] += 1
             continue
-        g, w = _objects(got), _objects(want)
+        g, w = scene_objects(got), scene_objects(want)
         if [(p, z, sh) for p, z, _, sh in g] == [(p, z, sh) for p, z, _, sh in w]:
             counts["wrong_color"] += 1
         elif [(p, z, c) for p, z, c, _ in g] == [(p, z, c) for p, z, c, _ in w]:
@@ -153,15 +167,6 @@ def edit_accuracy(data: CIRData, scores: np.ndarray) -> dict:
         kind = data.edit_kinds[i] if data.edit_kinds[i] in ("color", "shape") else "other"
         hits[kind].append(data.scene_keys[t] == data.scene_keys[data.tgt[i]])
     return {f"{k}-edit top-1": 100.0 * float(np.mean(v)) for k, v in hits.items() if v}
-
-
-def _objects(key: str) -> list[tuple[str, str, str, str]]:
-    out = []
-    for part in key.split("|"):
-        pos, rest = part.split(":")
-        size, color, shape = rest.split("-")
-        out.append((pos, size, color, shape))
-    return out
 
 
 def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override: dict | None = None) -> Evaluation:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoder.bundle import COMPOSER_OUTPUTS, FILES, BundleSpec, write_bundle_json
+from encoder.bundle import FILES, BundleSpec, composer_outputs, write_bundle_json
 from encoder.text import TextTokenizer
 from training.errors import TrainingError
 from training.model import DQECIR
@@ -47,7 +47,14 @@ class ComposerGraph(nn.Module):
         self.model = model
 
     def forward(self, pixel_values, input_ids, attention_mask):
-        return self.model.compose(pixel_values, input_ids, attention_mask)
+        return flat_parts(self.model.compose(pixel_values, input_ids, attention_mask))
+
+
+def flat_parts(parts) -> list:
+    """compose()'s (q_base, q_attrs [B, A, D], weights) as the composer's outputs: q_base, one q_<attr>
+    [B, D] per attribute, weights (encoder.bundle.composer_outputs names them)."""
+    q_base, q_attrs, weights = parts
+    return [q_base, *q_attrs.unbind(dim=1), weights]
 
 
 def _sample_inputs(model: DQECIR, tok: TextTokenizer, batch: int = 3):
@@ -72,6 +79,7 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     pixels, ids, mask = _sample_inputs(model, tok)
+    outputs = list(composer_outputs(model.cfg.attributes))
     n_params = sum(p.numel() for p in model.parameters())
     external = n_params * 4 > EXTERNAL_DATA_BYTES
     t0 = time.time()
@@ -79,9 +87,9 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
         _export(ImageEncoderGraph(model), (pixels,), out / FILES["image_encoder"], ["pixel_values"], ["tokens"],
                 {"pixel_values": {0: "batch"}, "tokens": {0: "batch"}}, opset, external)
         _export(ComposerGraph(model), (pixels, ids, mask), out / FILES["composer"],
-                ["pixel_values", "input_ids", "attention_mask"], list(COMPOSER_OUTPUTS),
+                ["pixel_values", "input_ids", "attention_mask"], outputs,
                 {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "text"},
-                 "attention_mask": {0: "batch", 1: "text"}, **{o: {0: "batch"} for o in COMPOSER_OUTPUTS}},
+                 "attention_mask": {0: "batch", 1: "text"}, **{o: {0: "batch"} for o in outputs}},
                 opset, external)
     if fp16:
         _convert_fp16(out)
@@ -91,7 +99,7 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
     cfg = model.cfg
     spec = BundleSpec(embed_dim=cfg.embed_dim, num_query_tokens=cfg.num_query_tokens, image_size=cfg.image_size,
                       mean=list(cfg.mean), std=list(cfg.std), max_text_len=cfg.max_text_len, opset=opset,
-                      precision=precision, attribute_weights=cfg.attribute_weights,
+                      precision=precision, attribute_weights=cfg.attribute_weights, attributes=list(cfg.attributes),
                       source=source or {})
     spec = write_bundle_json(out, spec)
     log(f"[export] wrote {out} in {time.time() - t0:.1f}s (fingerprint {spec.fingerprint})")
@@ -183,7 +191,9 @@ def ranking_agreement(model: DQECIR, tok: TextTokenizer, bundle: str | Path, gal
     texts = ["make it red", "turn the blue square into a star", "add a small green cross", "remove the hexagon"]
     ids, mask = tok([texts[i % len(texts)] for i in range(queries)])
     t_q = fuse(*[t.numpy() for t in model.compose(refs, torch.from_numpy(ids), torch.from_numpy(mask))])
-    o_q = fuse(*comp.run(COMPOSER_OUTPUTS, {"pixel_values": refs.numpy(), "input_ids": ids, "attention_mask": mask}))
+    o = comp.run(list(composer_outputs(model.cfg.attributes)),
+                 {"pixel_values": refs.numpy(), "input_ids": ids, "attention_mask": mask})
+    o_q = fuse(o[0], np.stack(o[1:-1], axis=1), o[-1])
     t_top = np.argsort(-maxsim(t_q, model.encode_image(images).numpy()), axis=1, kind="stable")[:, :k]
     o_top = np.argsort(-maxsim(o_q, enc.run(["tokens"], {"pixel_values": images.numpy()})[0]), axis=1,
                        kind="stable")[:, :k]
@@ -198,7 +208,8 @@ def parity_report(model: DQECIR, tok: TextTokenizer, bundle: str | Path, batch_s
     enc, comp = _onnx_sessions(Path(bundle))
     texts = texts or ["make it red", "turn the blue square into a star", "add a small green cross top left",
                       "remove the pink hexagon and nothing else at all please"]
-    report = {"tokens": 0.0, **{o: 0.0 for o in COMPOSER_OUTPUTS}}
+    outputs = list(composer_outputs(model.cfg.attributes))
+    report = {"tokens": 0.0, **{o: 0.0 for o in outputs}}
     g = torch.Generator().manual_seed(1)
     size = model.cfg.image_size
     for b in batch_sizes:
@@ -207,9 +218,9 @@ def parity_report(model: DQECIR, tok: TextTokenizer, bundle: str | Path, batch_s
         ref = model.encode_image(pixels).numpy()
         got = enc.run(["tokens"], {"pixel_values": pixels.numpy()})[0]
         report["tokens"] = max(report["tokens"], float(np.abs(ref - got).max()))
-        ref_parts = [t.numpy() for t in model.compose(pixels, torch.from_numpy(ids), torch.from_numpy(mask))]
-        got_parts = comp.run(COMPOSER_OUTPUTS, {"pixel_values": pixels.numpy(), "input_ids": ids,
-                                                "attention_mask": mask})
-        for name, r, o in zip(COMPOSER_OUTPUTS, ref_parts, got_parts, strict=True):
+        composed = model.compose(pixels, torch.from_numpy(ids), torch.from_numpy(mask))
+        ref_parts = [t.numpy() for t in flat_parts(composed)]
+        got_parts = comp.run(outputs, {"pixel_values": pixels.numpy(), "input_ids": ids, "attention_mask": mask})
+        for name, r, o in zip(outputs, ref_parts, got_parts, strict=True):
             report[name] = max(report[name], float(np.abs(r - o).max()))
     return report

@@ -3,13 +3,37 @@ contrastive baseline (SPRC/QuRe style), each switchable for ablations."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def pairwise_kl(s_pos: torch.Tensor, s_neg: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid((s_pos - s_neg) / tau): the KL between [1, 0] and softmax([s_pos, s_neg] / tau)."""
+def pairwise_kl(s_pos: torch.Tensor, s_neg: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """-log sigmoid((s_pos - s_neg) / tau): the KL between [1, 0] and softmax([s_pos, s_neg] / tau).
+    tau is the pairwise term's own temperature (TrainConfig.pair_tau), not the contrastive one."""
     return -F.logsigmoid((s_pos - s_neg) / tau).mean()
+
+
+def rowwise_maxsim(q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """s[i] = max_k <q_i, T_{i,k}>: each query against its own image (q [n, D], tokens [n, K, D])."""
+    return (q[:, None] * tokens).sum(-1).amax(-1)
+
+
+def attribute_loss(q_attrs: torch.Tensor, t_pos: torch.Tensor, tokens: torch.Tensor, neg_at: np.ndarray,
+                   tau: float) -> torch.Tensor:
+    """The attribute-aware term: for each attribute a, its (normalised) sub-query must score the target
+    above that attribute's own negative (tokens[neg_at[i, a]]; -1: query i has none). The pairwise KL
+    per attribute, averaged over the attributes that have a negative in the batch."""
+    terms = []
+    for a in range(q_attrs.shape[1]):
+        rows = np.flatnonzero(neg_at[:, a] >= 0)
+        if not len(rows):
+            continue
+        r = torch.from_numpy(rows).to(q_attrs.device)
+        qa = F.normalize(q_attrs[r, a], dim=-1)
+        neg = tokens[torch.from_numpy(neg_at[rows, a]).to(tokens.device)]
+        terms.append(pairwise_kl(rowwise_maxsim(qa, t_pos[r]), rowwise_maxsim(qa, neg), tau))
+    return torch.stack(terms).mean() if terms else q_attrs.new_zeros(())
 
 
 def margin_ranking(s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ metric computed here equals the one from sorting each row by hand.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,23 +79,58 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[int] | None = None, rows
     return out
 
 
-def cirr_metrics(scores: np.ndarray, gallery: Sequence[str], references: Sequence[str], targets: Sequence[str],
-                 members: Sequence[Sequence[str]], positives: Sequence[Sequence[str]] | None = None) -> dict:
-    """CIRR protocol: the reference is removed from every ranking; R@1/5/10/50 over the gallery,
-    Recall_subset@1/2/3 over the img_set members minus the reference; Avg = (R@5 + Rs@1) / 2."""
+def cirr_ranks(scores: np.ndarray, gallery: Sequence[str], references: Sequence[str], targets: Sequence[str],
+               members: Sequence[Sequence[str]], positives: Sequence[Sequence[str]] | None = None):
+    """Per query, CIRR's two 0-based target ranks: over the gallery without the reference, and over the
+    img_set members without the reference (the subset)."""
     index = {n: i for i, n in enumerate(gallery)}
     ref_idx = [index[r] for r in references]
     tgt_idx = [index[t] for t in targets]
     pos_idx = None if positives is None else [[index[p] for p in ps if p in index] for ps in positives]
-    out = recall_at_k(target_ranks(scores, tgt_idx, ref_idx, pos_idx), CIRR_KS)
+    ranks = target_ranks(scores, tgt_idx, ref_idx, pos_idx)
     sub_ranks = []
     for i, mem in enumerate(members):
         cand = [index[m] for m in mem if m != references[i]]
         row = np.asarray(scores[i])[cand]
         sub_ranks.append(rank_of_single(row, cand.index(tgt_idx[i]), None))
-    out.update(recall_at_k(np.array(sub_ranks), CIRR_SUBSET_KS, prefix="Rs"))
+    return ranks, np.array(sub_ranks, dtype=np.int64)
+
+
+def cirr_metrics(scores: np.ndarray, gallery: Sequence[str], references: Sequence[str], targets: Sequence[str],
+                 members: Sequence[Sequence[str]], positives: Sequence[Sequence[str]] | None = None) -> dict:
+    """CIRR protocol: the reference is removed from every ranking; R@1/5/10/50 over the gallery,
+    Recall_subset@1/2/3 over the img_set members minus the reference; Avg = (R@5 + Rs@1) / 2."""
+    ranks, sub_ranks = cirr_ranks(scores, gallery, references, targets, members, positives)
+    out = recall_at_k(ranks, CIRR_KS)
+    out.update(recall_at_k(sub_ranks, CIRR_SUBSET_KS, prefix="Rs"))
     out["Avg"] = (out["R@5"] + out["Rs@1"]) / 2
     return out
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """McNemar's exact test of two systems on the same queries (a[i], b[i]: query i right): the
+    discordant counts and the two-sided binomial p-value of b-only vs a-only wins."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    n = only_a + only_b
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p": 1.0}
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return {"only_a": only_a, "only_b": only_b, "p": min(1.0, 2 * tail)}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Paired bootstrap over queries of mean(b) - mean(a), where a[i], b[i] are per-query scores (e.g.
+    hit rates averaged over seeds): the difference in points, its 95% interval, and the two-sided
+    p-value (twice the share of resamples on the other side of zero)."""
+    d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    side = (means <= 0).mean() if d.mean() > 0 else (means >= 0).mean()
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"diff": 100 * float(d.mean()), "ci95": [100 * float(lo), 100 * float(hi)],
+            "p": float(min(1.0, 2 * side))}
 
 
 def fashioniq_metrics(per_category: dict[str, tuple[np.ndarray, Sequence[int]]]) -> dict:

@@ -1,9 +1,14 @@
 """DQE-CIR on BLIP-2 modules from transformers (see METHOD.md).
 
-encode_image(pixels)                      -> T [B, Q, D], per-token L2-normalised (catalog side)
-compose(ref_pixels, input_ids, mask)      -> q_base [B, D] (normalised), q_color, q_shape [B, D], weights [B, 2]
-fuse(q_base, q_color, q_shape, weights)   -> q [B, D] = normalize(q_base + a_color q_color + a_shape q_shape)
-maxsim(q, T)                              -> s [B, N] = max_k <q, T_k>
+encode_image(pixels)                  -> T [B, Q, D], per-token L2-normalised (catalog side)
+compose(ref_pixels, input_ids, mask)  -> q_base [B, D] (normalised), q_attrs [B, A, D], weights [B, A]
+fuse(q_base, q_attrs, weights)        -> q [B, D] = normalize(q_base + sum_a w_a q_a)
+maxsim(q, T)                          -> s [B, N] = max_k <q, T_k>
+
+A = len(cfg.attributes): one sub-query head and one learnable weight per attribute (color and shape by
+default, as the paper; a recipe may name others, e.g. size or material). With cfg.subquery_norm each
+sub-query is L2-normalised like q_base (scale parity: un-normalised heads had norms ~9 against 1 and
+drowned q_base); checkpoints from before it load with subquery_norm False and score as they did.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from encoder.preprocess import CLIP_MEAN, CLIP_STD
 from training.errors import TrainingError
 
 WEIGHT_MODES = ("off", "global", "sigmoid", "softmax")
+DEFAULT_ATTRIBUTES = ("color", "shape")
 
 
 @dataclass
@@ -45,6 +51,8 @@ class ModelConfig:
     max_text_len: int = 40
     dropout: float = 0.0
     attribute_weights: str = "sigmoid"  # off | global | sigmoid | softmax
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # one sub-query head and weight each
+    subquery_norm: bool = True  # [ours] L2-normalise each sub-query before the weighted sum
     attribute_head_noise: float = 0.02
     freeze_vision: bool = False
     pretrained: str | None = None  # local save_pretrained dir of a Blip2ForImageTextRetrieval
@@ -59,6 +67,18 @@ class ModelConfig:
         if self.image_size % self.patch_size:
             raise TrainingError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.attributes = check_attributes(self.attributes)
+
+
+def check_attributes(names) -> tuple[str, ...]:
+    """Attribute names as a tuple: at least one, distinct, lower-case identifiers (they name ONNX
+    outputs, JSON keys and command-line flags)."""
+    names = tuple(names)
+    bad = [n for n in names if not (isinstance(n, str) and n.isidentifier() and n == n.lower())]
+    if not names or bad or len(set(names)) != len(names):
+        raise TrainingError(f"attributes must be distinct lower-case names such as ['color', 'shape', 'size'], "
+                            f"got {list(names)!r}")
+    return names
 
 
 PRESETS = {
@@ -148,16 +168,17 @@ class DQECIR(nn.Module):
         h, d = self.blip.config.qformer_config.hidden_size, self.blip.config.image_text_hidden_size
         # Attribute heads start from text_projection plus different noise: identical heads would
         # receive identical gradients and stay identical.
-        self.color_head, self.shape_head = nn.Linear(h, d), nn.Linear(h, d)
+        a = len(cfg.attributes)
+        self.attribute_heads = nn.ModuleDict({name: nn.Linear(h, d) for name in cfg.attributes})
         with torch.no_grad():
-            for head in (self.color_head, self.shape_head):
+            for head in self.attribute_heads.values():
                 head.weight.copy_(self.blip.text_projection.weight)
                 head.weight.add_(torch.randn_like(head.weight) * cfg.attribute_head_noise)
                 head.bias.copy_(self.blip.text_projection.bias)
-        self.weight_gate = nn.Linear(h, 2)  # text-conditioned (sigmoid / softmax)
+        self.weight_gate = nn.Linear(h, a)  # text-conditioned (sigmoid / softmax)
         nn.init.normal_(self.weight_gate.weight, std=0.02)
         nn.init.zeros_(self.weight_gate.bias)
-        self.global_weights = nn.Parameter(torch.zeros(2))  # the "global" variant, pre-sigmoid
+        self.global_weights = nn.Parameter(torch.zeros(a))  # the "global" variant, pre-sigmoid
         self.log_tau = nn.Parameter(torch.tensor(math.log(0.07)))
         if cfg.freeze_vision:
             for p in self.blip.vision_model.parameters():
@@ -212,23 +233,24 @@ class DQECIR(nn.Module):
                            encoder_attention_mask=None).last_hidden_state
         z, h_text = hidden[:, :nq], hidden[:, nq]  # query-token states; the text's [CLS] state
         q_base = F.normalize(b.text_projection(z).mean(dim=1), dim=-1)
-        q_color = self.color_head(z).mean(dim=1)
-        q_shape = self.shape_head(z).mean(dim=1)
-        return q_base, q_color, q_shape, self.attribute_weights(h_text)
+        q_attrs = torch.stack([head(z).mean(dim=1) for head in self.attribute_heads.values()], dim=1)
+        if self.cfg.subquery_norm:
+            q_attrs = F.normalize(q_attrs, dim=-1)
+        return q_base, q_attrs, self.attribute_weights(h_text)
 
     def attribute_weights(self, h_text: torch.Tensor) -> torch.Tensor:
         mode = self.cfg.attribute_weights
-        n = h_text.shape[0]
+        n, a = h_text.shape[0], len(self.cfg.attributes)
         if mode == "off":
-            return h_text.new_zeros(n, 2)
+            return h_text.new_zeros(n, a)
         if mode == "global":
-            return torch.sigmoid(self.global_weights).expand(n, 2)
+            return torch.sigmoid(self.global_weights).expand(n, a)
         logits = self.weight_gate(h_text)
         return torch.sigmoid(logits) if mode == "sigmoid" else torch.softmax(logits, dim=-1)
 
     @staticmethod
-    def fuse(q_base, q_color, q_shape, weights) -> torch.Tensor:
-        return F.normalize(q_base + weights[:, :1] * q_color + weights[:, 1:] * q_shape, dim=-1)
+    def fuse(q_base, q_attrs, weights) -> torch.Tensor:
+        return F.normalize(q_base + (weights[..., None] * q_attrs).sum(dim=1), dim=-1)
 
     def query(self, ref_pixels, input_ids, attention_mask) -> tuple[torch.Tensor, tuple]:
         parts = self.compose(ref_pixels, input_ids, attention_mask)
@@ -297,5 +319,13 @@ def inference_autocast(model: nn.Module):
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def config_dict(cfg: ModelConfig) -> dict:
-    return asdict(cfg)
+def legacy_state_dict(state: dict, cfg: ModelConfig) -> dict:
+    """Weights saved before the attribute set was configurable named the heads color_head and
+    shape_head: map them to attribute_heads.<name>."""
+    out = {}
+    for k, v in state.items():
+        head, _, rest = k.partition("_head.")
+        if rest and head in cfg.attributes and not k.startswith("attribute_heads."):
+            k = f"attribute_heads.{head}.{rest}"
+        out[k] = v
+    return out

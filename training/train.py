@@ -25,13 +25,14 @@ from torch import nn
 from tqdm import tqdm
 
 from encoder.text import TextTokenizer
+from training.attributes import SCENE_FIELDS, caption_attributes, twin_negatives, unknown_scene_attributes
 from training.checkpoint import LAST, load_checkpoint, load_trainer_state, save_checkpoint
 from training.cir_data import CIRData, load_cir_data, negative_pools
 from training.config import TrainConfig, load_train_config
 from training.distributed import Dist, gather_with_grad
 from training.errors import TrainingError
 from training.evaluate import evaluate
-from training.losses import in_batch_contrastive, margin_ranking, pairwise_kl
+from training.losses import attribute_loss, in_batch_contrastive, margin_ranking, pairwise_kl, rowwise_maxsim
 from training.mining import mine_negatives
 from training.model import DQECIR, ModelConfig, StepForward, maxsim, model_config, pretrained_tokenizer
 from training.scenes import noisy_phrasing
@@ -102,9 +103,25 @@ class Trainer:
         self.neg_rng = np.random.default_rng([cfg.seed, 991])
         self.text_rng = random.Random(cfg.seed)
         self.fillers = filler_words()
+        # the attribute term's negatives: img_set twins (synthetic set) or caption weak labels
+        self.attr_twins, self.attr_named = (None, None)
+        if cfg.task == "cir" and cfg.lambda_attr:
+            self.attr_twins, self.attr_named = self.attribute_labels()
         self.history: list[dict] = []
         self.out = Path(cfg.out)
         self.metrics_path = self.out / "metrics.jsonl"
+
+    def attribute_labels(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(twins [Q, A] on the synthetic set, else None; named [Q, A] caption weak labels otherwise)."""
+        names, d = self.model.cfg.attributes, self.train
+        if d.scene_keys is not None and d.members is not None:
+            unknown = unknown_scene_attributes(names)
+            if unknown:
+                raise TrainingError(f"the synthetic scenes label {', '.join(SCENE_FIELDS)} only; the model's "
+                                    f"attributes {unknown} cannot get attribute negatives (lambda_attr 0 trains "
+                                    "without the attribute term)")
+            return twin_negatives(d.scene_keys, d.tgt, d.members, names), None
+        return None, np.stack([caption_attributes(t, names) for t in d.texts]) if len(d.texts) else None
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -152,45 +169,81 @@ class Trainer:
         return parts, tokens[torch.from_numpy(inv.reshape(-1)).to(self.device)], tau
 
     def loss_cir(self, qi: np.ndarray) -> tuple[torch.Tensor, dict]:
-        """qi: the global batch; this rank computes the loss of its slice of it."""
+        """qi: the global batch; this rank computes the loss of its slice of it.
+
+        Columns this rank encodes: its queries' targets, then (contrastive) their img_set distractors,
+        then (pairwise) their TRNS or random negatives, then their attribute negatives. The contrastive
+        term ranks each query against every rank's contrastive columns (loss "both": the pairwise
+        negative joins them); the pairwise and attribute terms use this rank's columns only."""
         cfg, d, dist, fuse = self.cfg, self.train, self.dist, self.model.fuse
         texts = [d.train_text(int(i), self.text_rng) for i in qi]  # the whole batch: the RNG stays in step
         if cfg.phrasing_noise:
             texts = [noisy_phrasing(t, self.text_rng, cfg.phrasing_noise, self.fillers) for t in texts]
         parts = dist.slices(len(qi))
         mine = parts[dist.rank]
+        n = mine.stop - mine.start
         tgt = d.tgt[qi]
-        if cfg.loss == "contrastive":
-            extra = self.img_set_distractors(qi)
-            cols = [np.concatenate([tgt[s], *extra[s]]).astype(np.int64) for s in parts]  # each rank's columns
-            (q_base, q_color, q_shape, w), tokens, tau = self.forward(d.ref[qi[mine]], texts[mine], cols[dist.rank])
-            tokens = gather_with_grad(tokens, dist)
-            labels = sum(len(c) for c in cols[: dist.rank]) + np.arange(mine.stop - mine.start)
+        extra = self.img_set_distractors(qi) if cfg.contrastive else None
+        neg = self.negatives(qi) if cfg.pairwise or (cfg.lambda_attr and self.attr_twins is None) else None
+        in_contrastive = cfg.loss == "both"  # the pairwise negative is a contrastive column too
+
+        def contrastive_cols(s: slice) -> np.ndarray:
+            cols = [tgt[s], *(extra[s] if extra is not None else [])]
+            if in_contrastive:
+                cols.append(neg[s])
+            return np.concatenate(cols).astype(np.int64)
+
+        cols = [contrastive_cols(s) for s in parts] if cfg.contrastive else [tgt[s].astype(np.int64) for s in parts]
+        local = [cols[dist.rank]]
+        neg_at = None
+        if neg is not None:
+            neg_at = len(cols[dist.rank]) - n if in_contrastive else sum(len(c) for c in local)
+            if not in_contrastive:
+                local.append(neg[mine].astype(np.int64))
+        attr_cols, attr_at = self.attribute_columns(qi[mine], None if neg is None else neg[mine])
+        if len(attr_cols):
+            attr_at = np.where(attr_at >= 0, attr_at + sum(len(c) for c in local), -1)  # -1: no such negative
+            local.append(attr_cols)
+        (q_base, q_attrs, w), tokens, tau = self.forward(d.ref[qi[mine]], texts[mine], np.concatenate(local))
+        q = fuse(q_base, q_attrs, w)
+        loss, logs = q.new_zeros(()), {}
+        if cfg.contrastive:
+            all_tokens = gather_with_grad(tokens[: len(cols[dist.rank])], dist)
+            labels = sum(len(c) for c in cols[: dist.rank]) + np.arange(n)
             same = torch.from_numpy(self._same_scene(tgt[mine], np.concatenate(cols))).to(self.device)
             labels_t = torch.from_numpy(labels).to(self.device)
-            q = fuse(q_base, q_color, q_shape, w)
-            loss = in_batch_contrastive(maxsim(q, tokens), tau, same, labels_t)
-            if cfg.lambda_attr:
-                for qa in (q_color, q_shape):
-                    qa = torch.nn.functional.normalize(qa, dim=-1)
-                    loss = loss + cfg.lambda_attr / 2 * in_batch_contrastive(maxsim(qa, tokens), tau, same, labels_t)
-            return loss, {}
-        neg = self.negatives(qi)
-        n = mine.stop - mine.start
-        (q_base, q_color, q_shape, w), tokens, tau = self.forward(d.ref[qi[mine]], texts[mine],
-                                                                  np.concatenate([tgt[mine], neg[mine]]))
-        q = fuse(q_base, q_color, q_shape, w)
-        t_pos, t_neg = tokens[:n], tokens[n:]
-        s_pos, s_neg = (q[:, None] * t_pos).sum(-1).amax(-1), (q[:, None] * t_neg).sum(-1).amax(-1)
-        loss = pairwise_kl(s_pos, s_neg, tau)
-        if cfg.lambda_margin:
-            loss = loss + cfg.lambda_margin * margin_ranking(s_pos, s_neg, cfg.margin)
-        if cfg.lambda_attr:
-            for qa in (q_color, q_shape):
-                qa = torch.nn.functional.normalize(qa, dim=-1)
-                ap, an = (qa[:, None] * t_pos).sum(-1).amax(-1), (qa[:, None] * t_neg).sum(-1).amax(-1)
-                loss = loss + cfg.lambda_attr / 2 * pairwise_kl(ap, an, tau)
-        return loss, {"delta": float((s_pos - s_neg).detach().float().mean())}
+            loss = loss + in_batch_contrastive(maxsim(q, all_tokens), tau, same, labels_t)
+        t_pos = tokens[:n]
+        if cfg.pairwise:
+            s_pos, s_neg = rowwise_maxsim(q, t_pos), rowwise_maxsim(q, tokens[neg_at: neg_at + n])
+            kl = pairwise_kl(s_pos, s_neg, cfg.pair_tau)
+            loss = loss + cfg.lambda_pair * kl
+            logs.update(delta=float((s_pos - s_neg).detach().float().mean()), kl=float(kl.detach()))
+            if cfg.lambda_margin:
+                margin = margin_ranking(s_pos, s_neg, cfg.margin)
+                loss = loss + cfg.lambda_margin * margin
+                logs["margin"] = float(margin.detach())
+        if len(attr_cols):
+            attr = attribute_loss(q_attrs, t_pos, tokens, attr_at, cfg.pair_tau)
+            loss = loss + cfg.lambda_attr * attr
+            logs["attr"] = float(attr.detach())
+        return loss, logs
+
+    def attribute_columns(self, queries: np.ndarray, neg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The attribute-specific negatives of these queries: (image indices to encode, [n, A] their
+        position among them or -1). Synthetic set: each attribute's img_set twin (training.attributes);
+        other data: the pairwise negative, for the attributes the caption names (weak labels)."""
+        a = len(self.model.cfg.attributes)
+        if not self.cfg.lambda_attr:
+            return np.zeros(0, np.int64), np.full((len(queries), a), -1)
+        if self.attr_twins is not None:
+            which = self.attr_twins[queries]
+        else:
+            which = np.where(self.attr_named[queries], neg[:, None], -1)
+        at = np.full(which.shape, -1, dtype=np.int64)
+        valid = which >= 0
+        at[valid] = np.arange(int(valid.sum()))
+        return which[valid].astype(np.int64), at
 
     def _same_scene(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
         cols = rows if cols is None else cols
@@ -308,7 +361,7 @@ class Trainer:
                    disable=not (cfg.progress and self.dist.is_main))
         metrics: dict = {}
         stopped = False
-        mining = cfg.task == "cir" and cfg.loss == "pairwise" and cfg.negatives == "trns"
+        mining = cfg.mines
         while self.step < self.total_steps and not stopped:
             order = np.random.default_rng([cfg.seed, self.epoch]).permutation(self.n_items)
             first = self.step - self.epoch * self.steps_per_epoch

@@ -1,7 +1,8 @@
 """Target Relative Negative Sampling (METHOD.md), as pure functions over score matrices.
 
 Delta_i(c) = s(q_i, t_i) - s(q_i, c). Small or negative Delta: c scores like the target (a likely
-false negative); large Delta: an easy negative. The mid-zone keeps low <= Delta <= high.
+false negative); large Delta: an easy negative. The mid-zone keeps the candidates below the target
+(Delta > guard) with low <= Delta <= high, quantile bounds taken over those candidates only.
 mine_mid_zones applies the same rule a chunk of queries at a time, in float32, so that mining a
 CIRR-sized problem (28,225 queries x 16,939 images) holds O(chunk x pool) scores, not the whole matrix.
 """
@@ -29,57 +30,78 @@ def exclusion_mask(n_queries: int, n_pool: int, targets: np.ndarray, extra: Sequ
     return mask
 
 
-def quantile_bounds(delta: np.ndarray, excluded: np.ndarray, q_low: float, q_high: float):
-    """Per-query bounds at quantiles of that query's Delta distribution (excluded entries ignored)."""
-    d = np.where(excluded, np.nan, delta)
-    return np.nanquantile(d, q_low, axis=1), np.nanquantile(d, q_high, axis=1)
+def quantile_bounds(delta: np.ndarray, candidates: np.ndarray, q_low: float, q_high: float):
+    """Per-query bounds at quantiles of that query's Delta over its candidates (a bool mask [Q, N];
+    rows without a candidate get NaN bounds)."""
+    d = np.where(candidates, delta, np.nan)
+    lo, hi = np.full(len(d), np.nan), np.full(len(d), np.nan)
+    rows = candidates.any(axis=1)
+    if rows.any():
+        lo[rows], hi[rows] = np.nanquantile(d[rows], q_low, axis=1), np.nanquantile(d[rows], q_high, axis=1)
+    return lo, hi
 
 
 @dataclass
 class MidZoneConfig:
-    bounds: str = "quantile"  # quantile | absolute
+    """The mid-zone is anchored at the target: only candidates that score below it (Delta > guard)
+    can be in it, and quantile bounds are quantiles of Delta over those candidates alone, so a query
+    whose target ranks 50th never gets one of the 49 images above it as a negative, however the
+    bounds are set. guard: the band just below the target left out as likely false negatives
+    (unlabelled true matches score like the target), in Delta units."""
+
+    bounds: str = "quantile"  # quantile (of Delta over the candidates below the target) | absolute
     low: float = 0.02  # quantile of Delta, or absolute Delta
     high: float = 0.10
+    guard: float = 0.01  # [ours] Delta <= guard: too close below the target to be a safe negative
     widen: int = 2  # times to double the window when a mid-zone is empty
-    fallback: int = 5  # then: this many nearest-rank candidates below the target
+    fallback: int = 5  # then: this many nearest-rank candidates below the guard band (or below the target)
+
+    def __post_init__(self):
+        if self.bounds not in ("quantile", "absolute"):
+            raise ValueError(f"bounds must be 'quantile' or 'absolute', not {self.bounds!r}")
+        if self.bounds == "quantile" and not 0 <= self.low <= self.high <= 1:
+            raise ValueError(f"quantile bounds need 0 <= low <= high <= 1, got {self.low}, {self.high}")
+        if self.guard < 0:
+            raise ValueError(f"guard is a Delta margin below the target, >= 0, not {self.guard}")
 
 
 def mid_zone_negatives(delta: np.ndarray, excluded: np.ndarray, cfg: MidZoneConfig) -> list[np.ndarray]:
-    """The mid-zone candidate indices of every query (never empty when the pool has a non-excluded item)."""
+    """The mid-zone candidate indices of every query (never empty when the pool has a non-excluded
+    item). Members always score below the target by more than cfg.guard, except in the last fallback
+    of a query that has no candidate below the target at all."""
     n_q = delta.shape[0]
+    below = ~excluded & (delta > cfg.guard)
     if cfg.bounds == "quantile":
-        low, high = quantile_bounds(delta, excluded, cfg.low, cfg.high)
-    elif cfg.bounds == "absolute":
-        low, high = np.full(n_q, cfg.low), np.full(n_q, cfg.high)
+        low, high = quantile_bounds(delta, below, cfg.low, cfg.high)
     else:
-        raise ValueError(f"bounds must be 'quantile' or 'absolute', not {cfg.bounds!r}")
+        low, high = np.full(n_q, cfg.low), np.full(n_q, cfg.high)
     out = []
     for i in range(n_q):
         lo, hi = float(low[i]), float(high[i])
-        allowed = ~excluded[i]
-        zone = np.flatnonzero(allowed & (delta[i] >= lo) & (delta[i] <= hi))
+        zone = np.flatnonzero(below[i] & (delta[i] >= lo) & (delta[i] <= hi)) if below[i].any() else np.zeros(0, int)
         for _ in range(cfg.widen):
-            if len(zone):
+            if len(zone) or not below[i].any():
                 break
             width = max(hi - lo, 1e-3)
             lo, hi = lo - width / 2, hi + width / 2
-            zone = np.flatnonzero(allowed & (delta[i] >= lo) & (delta[i] <= hi))
+            zone = np.flatnonzero(below[i] & (delta[i] >= lo) & (delta[i] <= hi))
         if not len(zone):
-            zone = nearest_below_target(delta[i], allowed, cfg.fallback)
+            zone = nearest_below_target(delta[i], ~excluded[i], cfg.fallback, cfg.guard)
         out.append(zone)
     return out
 
 
-def nearest_below_target(delta_row: np.ndarray, allowed: np.ndarray, k: int) -> np.ndarray:
-    """The k allowed candidates that score closest below the target (smallest positive Delta); when
-    none scores below, the k with the largest Delta."""
+def nearest_below_target(delta_row: np.ndarray, allowed: np.ndarray, k: int, guard: float = 0.0) -> np.ndarray:
+    """The k allowed candidates closest below the guard band (smallest Delta > guard); when none is
+    there, the k closest below the target (Delta > 0); when none scores below, the k lowest-scoring."""
     idx = np.flatnonzero(allowed)
     if not len(idx):
         return idx
     d = delta_row[idx]
-    below = idx[d > 0]
-    if len(below):
-        return below[np.argsort(delta_row[below], kind="stable")[:k]]
+    for floor in (guard, 0.0):
+        below = idx[d > floor]
+        if len(below):
+            return below[np.argsort(delta_row[below], kind="stable")[:k]]
     return idx[np.argsort(-d, kind="stable")[:k]]
 
 

@@ -1,9 +1,10 @@
 // The page of `dqe-cir serve`: pick a reference, type a modification, see the ranked results with their
-// per-attribute scores, and override the model's color / shape weights. Plain JS, no build step, no CDN.
+// per-attribute scores, and override the model's attribute weights (one slider per attribute the bundle
+// names, from /v1/info). Plain JS, no build step, no CDN.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const ATTRS = ["color", "shape"];
+let ATTRS = [];  // the bundle's attribute names, set by loadInfo
 const state = { reference: null, lastQuery: false, key: sessionStorage.getItem("dqe-cir-key") || "" };
 let weightTimer = null;
 
@@ -205,7 +206,7 @@ function renderResults(result) {
     btn.append(img, caption, score);
     btn.addEventListener("click", () => useItem(hit.id));
     li.append(btn);
-    if (hit.breakdown) for (const name of ["base", "color", "shape"]) li.append(bar(name, hit.breakdown[name]));
+    if (hit.breakdown) for (const name of ["base", ...ATTRS]) li.append(bar(name, hit.breakdown[name]));
     list.append(li);
   });
   const t = result.timings_ms;
@@ -214,9 +215,35 @@ function renderResults(result) {
 }
 
 // -- start ----------------------------------------------------------------------------------
+// One slider per attribute of the bundle (color and shape by default; a model may name others).
+function buildSliders(names) {
+  if (names.join(",") === ATTRS.join(",")) return;
+  ATTRS = names.slice();
+  const box = $("sliders");
+  box.replaceChildren();
+  for (const a of ATTRS) {
+    const div = document.createElement("div");
+    div.className = "slider";
+    const label = document.createElement("label");
+    label.htmlFor = "w-" + a;
+    label.textContent = a.charAt(0).toUpperCase() + a.slice(1);
+    const input = document.createElement("input");
+    Object.assign(input, { type: "range", id: "w-" + a, min: "0", max: "3", step: "0.05", value: "1" });
+    input.dataset.attr = a;
+    input.addEventListener("input", onSlider);
+    const out = document.createElement("output");
+    out.id = "w-" + a + "-out";
+    out.htmlFor = "w-" + a;
+    out.textContent = "1.00";
+    div.append(label, input, out);
+    box.append(div);
+  }
+}
+
 async function loadInfo() {
   try {
     const info = await (await api("/v1/info")).json();
+    buildSliders(info.attributes);
     $("info").textContent = "Collection " + info.collection + ": " + info.points.toLocaleString() +
       " images. Bundle " + info.fingerprint.slice(0, 12) + ".";
     await loadSamples();
@@ -239,7 +266,6 @@ function init() {
   });
   $("upload").addEventListener("change", (event) => useUpload(event.target.files[0]));
   $("shuffle").addEventListener("click", loadSamples);
-  for (const a of ATTRS) $("w-" + a).addEventListener("input", onSlider);
   $("override").addEventListener("change", () => { if (state.lastQuery) search(); });
   $("reset").addEventListener("click", () => { $("override").checked = false; if (state.lastQuery) search(); });
   $("key-form").addEventListener("submit", (event) => {
