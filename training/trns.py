@@ -67,8 +67,9 @@ class MidZoneConfig:
 
 def mid_zone_negatives(delta: np.ndarray, excluded: np.ndarray, cfg: MidZoneConfig) -> list[np.ndarray]:
     """The mid-zone candidate indices of every query (never empty when the pool has a non-excluded
-    item). Members always score below the target by more than cfg.guard, except in the last fallback
-    of a query that has no candidate below the target at all."""
+    item). Members score below the target by more than cfg.guard whenever any candidate does; else
+    they are the nearest below the target; only a query with nothing below its target gets the
+    lowest-scoring candidates (above it)."""
     n_q = delta.shape[0]
     below = ~excluded & (delta > cfg.guard)
     if cfg.bounds == "quantile":
