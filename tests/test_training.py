@@ -435,7 +435,7 @@ def test_each_attribute_term_scores_against_its_own_twin_image(synth_small, tmp_
 
     seen = {}
 
-    def spy(q_attrs, t_pos, tokens, neg_at, tau):
+    def spy(q_attrs, t_pos, tokens, neg_at, tau, per_attribute):
         seen["images"] = np.where(neg_at >= 0, tokens[np.maximum(neg_at, 0), 0, 0].numpy(), -1).astype(int)
         return q_attrs.new_zeros(())
 

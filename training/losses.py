@@ -20,19 +20,30 @@ def rowwise_maxsim(q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def attribute_loss(q_attrs: torch.Tensor, t_pos: torch.Tensor, tokens: torch.Tensor, neg_at: np.ndarray,
-                   tau: float) -> torch.Tensor:
+                   tau: float, per_attribute: np.ndarray | None = None) -> torch.Tensor:
     """The attribute-aware term: for each attribute a, its (normalised) sub-query must score the target
     above that attribute's own negative (tokens[neg_at[i, a]]; -1: query i has none). The pairwise KL
-    per attribute, averaged over the attributes that have a negative in the batch."""
+    averaged over the queries that have one, then over the attributes that have any.
+
+    per_attribute [A]: how many queries of the whole batch have a negative for each attribute, divided
+    by the number of processes (default: this process's own counts). With it, each process's term is
+    its share of the whole batch's, so DDP's average of the processes' gradients is the gradient of
+    the single-process term however unevenly the negatives fall on the processes."""
+    if per_attribute is None:
+        per_attribute = (neg_at >= 0).sum(axis=0)
     terms = []
     for a in range(q_attrs.shape[1]):
+        if per_attribute[a] <= 0:
+            continue
         rows = np.flatnonzero(neg_at[:, a] >= 0)
         if not len(rows):
+            terms.append(q_attrs.new_zeros(()))
             continue
         r = torch.from_numpy(rows).to(q_attrs.device)
         qa = F.normalize(q_attrs[r, a], dim=-1)
         neg = tokens[torch.from_numpy(neg_at[rows, a]).to(tokens.device)]
-        terms.append(pairwise_kl(rowwise_maxsim(qa, t_pos[r]), rowwise_maxsim(qa, neg), tau))
+        kl_sum = pairwise_kl(rowwise_maxsim(qa, t_pos[r]), rowwise_maxsim(qa, neg), tau) * len(rows)
+        terms.append(kl_sum / float(per_attribute[a]))
     return torch.stack(terms).mean() if terms else q_attrs.new_zeros(())
 
 

@@ -201,6 +201,8 @@ class Trainer:
             if not in_contrastive:
                 local.append(neg[mine].astype(np.int64))
         attr_cols, attr_at = self.attribute_columns(qi[mine], None if neg is None else neg[mine])
+        # every rank knows the whole batch's attribute negatives: the term's denominators are global
+        per_attribute = (self.attribute_columns(qi, neg)[1] >= 0).sum(axis=0) / dist.world
         if len(attr_cols):
             attr_at = np.where(attr_at >= 0, attr_at + sum(len(c) for c in local), -1)  # -1: no such negative
             local.append(attr_cols)
@@ -224,7 +226,7 @@ class Trainer:
                 loss = loss + cfg.lambda_margin * margin
                 logs["margin"] = float(margin.detach())
         if len(attr_cols):
-            attr = attribute_loss(q_attrs, t_pos, tokens, attr_at, cfg.pair_tau)
+            attr = attribute_loss(q_attrs, t_pos, tokens, attr_at, cfg.pair_tau, per_attribute)
             loss = loss + cfg.lambda_attr * attr
             logs["attr"] = float(attr.detach())
         return loss, logs
