@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[train,serve,api,dev]'
+	$(BIN)/pip install -q -e '.[train,serve,api,dev,bench]'
 	touch $@
 
 demo: install

@@ -1,6 +1,6 @@
 """`dqe-cir`: the command line of the whole project.
 
-The parser is built from each side's command module (training_commands, serving_commands, demo);
+The parser is built from each side's command module (app/commands: training, serving, demo);
 none of them imports torch, onnxruntime or qdrant-client until a command runs, so `--help` is
 instant and an install with only one extra runs that extra's commands. A command whose extra is
 missing says which one to install instead of failing on an import.
@@ -16,12 +16,12 @@ DISTRIBUTION = "dqe-cir-search"
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    from app import demo, serving_commands, training_commands
+    from app.commands import demo, serving, training
 
     p = argparse.ArgumentParser(prog="dqe-cir", description="DQE-CIR composed image retrieval for Qdrant")
     sub = p.add_subparsers(dest="command", required=True)
     needs: dict[str, tuple[str, tuple[str, ...]]] = {}
-    for module in (training_commands, demo, serving_commands):
+    for module in (training, demo, serving):
         module.register(sub, needs)
     return p, needs
 
@@ -37,7 +37,7 @@ def missing_extra(command: str, args: argparse.Namespace, needs: dict) -> str | 
     """The message for a command whose extra is not installed, or None when it can run."""
     extra, modules = needs.get(command, ("", ()))
     if getattr(args, "served", False):  # `eval --served` scores through Qdrant as well
-        from app.serving_commands import SERVE_EXTRA
+        from app.commands.serving import SERVE_EXTRA
 
         extra, modules = f"{extra},{SERVE_EXTRA[0]}", modules + SERVE_EXTRA[1]
     absent = [m for m in modules if not _installed(m)]
@@ -47,23 +47,32 @@ def missing_extra(command: str, args: argparse.Namespace, needs: dict) -> str | 
             f"install it with: pip install '{DISTRIBUTION}[{extra}]'")
 
 
+# each package's error type, and the third-party module without which the package cannot be imported
+PACKAGE_ERRORS = (("cirdata.errors", "DataError", "cirdata"), ("training.errors", "TrainingError", "training"),
+                  ("encoder.errors", "EncoderError", "onnxruntime"), ("indexer.errors", "IndexerError", "indexer"),
+                  ("plugin.errors", "PluginError", "qdrant_client"))
+
+
+def package_errors() -> tuple[type[Exception], ...]:
+    """The error types of the packages this install has: the serving image carries no training/ or
+    cirdata/, a `train`-only install no plugin (its errors cannot be raised where it is absent)."""
+    out = []
+    for module, name, needs in PACKAGE_ERRORS:
+        if _installed(module.split(".")[0]) and _installed(needs):
+            out.append(getattr(importlib.import_module(module), name))
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, needs = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     problem = missing_extra(args.command, args, needs)
-    if problem:
+    if problem:  # before unknown flags: where a side is not installed, its commands know no flags
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from encoder.errors import EncoderError
-    from indexer.errors import IndexerError
-    from training.errors import TrainingError
-
-    errors: tuple[type[Exception], ...] = (TrainingError, EncoderError, IndexerError)
-    if _installed("qdrant_client"):  # plugin's errors exist only where the plugin can be imported
-        from plugin.search import SearchError
-        from plugin.store import StoreError
-
-        errors += (SearchError, StoreError)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    errors = package_errors()
     try:
         return args.func(args)
     except errors as e:

@@ -1,8 +1,9 @@
 """DQE-CIR's last stage against today's, from the shipped model, on the synthetic demo set.
 
     python benchmarks/ablation.py --start models/demo/dqe-cir-demo.safetensors [--steps 200]
-                                  [--seeds 0 1 2] [--variants A B C B0] [--keep DIR]
+                                  [--seeds 0 1 2] [--variants A B C B0] [--replace]
                                   [--out docs/benchmarks/ablation.md]
+    python benchmarks/ablation.py --rewrite     # the page's section again from its .json, no training
 
 The training set is the demo set (`dqe-cir data synth --out runs/demo/synth-demo-0 --size demo --seed 0`),
 val its 1,000 val queries (CIRR protocol). Every variant starts from the same checkpoint at the same
@@ -21,6 +22,9 @@ Budgets. Equal steps: every variant after --steps steps. Equal wall time: T = (A
 reused across seeds and variants, each run charged the measured time) and scored where mining +
 training reaches T, before or after --steps. Paired tests against (A): per query, the hit rate over the
 seeds, paired bootstrap over the 1,000 queries (and McNemar's exact test for seed 0).
+
+Writes only the `ablation` section of --out (and every row, with the per-query hits, to the .json
+beside it); the page's reading of the numbers is its own prose, outside the markers.
 """
 
 from __future__ import annotations
@@ -39,17 +43,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name, load_averages, write_page  # noqa: E402
-from training.cir_data import load_cir_data  # noqa: E402
+from benchmarks.common import cpu_name, load_averages, recorded_command, write_section  # noqa: E402
+from cirdata.metrics import mcnemar_exact, paired_bootstrap  # noqa: E402
+from cirdata.protocol import score_metrics  # noqa: E402
+from cirdata.tables import load_cir_data  # noqa: E402
 from training.evaluate import (  # noqa: E402,E501
     compose_queries,
     edit_accuracy,
     encode_gallery,
     error_breakdown,
-    protocol_metrics,
     query_hits,
 )
-from training.metrics import mcnemar_exact, paired_bootstrap  # noqa: E402
 from training.model import maxsim_scores  # noqa: E402
 from training.train import TrainConfig, Trainer, build_model, load_checkpoint  # noqa: E402
 from training.trns import NegativeSampler  # noqa: E402
@@ -77,7 +81,7 @@ def score(model, tok, val) -> dict:
     tokens = encode_gallery(model, val)
     scores = maxsim_scores(q, tokens)
     hits = query_hits(val, scores)
-    out = {**protocol_metrics(val, scores), **edit_accuracy(val, scores), "errors": error_breakdown(val, scores),
+    out = {**score_metrics(val, scores), **edit_accuracy(val, scores), "errors": error_breakdown(val, scores),
            "hits": {k: "".join("1" if h else "0" for h in v) for k, v in hits.items()}}
     out["attributes"] = attribute_diagnostics(model, val, parts, tokens)
     return out
@@ -230,7 +234,7 @@ def main() -> None:
         for key in args.variants:
             if key != "A":
                 rows += run(key, seed, args, train, val, cache, wall)
-        command = " ".join(["python benchmarks/ablation.py", *sys.argv[1:]])
+        command = recorded_command("ablation.py")
         meta = {"command": command if saved is None else f"{saved['meta']['command']}, then {command}",
                 "minutes": (time.time() - t0) / 60 + (saved["meta"]["minutes"] if saved else 0),
                 "load_before": load0, "load_after": load_averages(),
@@ -331,14 +335,10 @@ def _fmt4(values) -> str:
     return f"{statistics.mean(values):.4f}" if values else "-"
 
 
-BEGIN, END = "<!-- ablation.py: begin -->", "<!-- ablation.py: end -->"
-
-
 def write(path: Path, rows: list[dict], refs: list[dict], meta: dict) -> None:
     """The page's generated section (between the markers) from the rows; prose outside the markers stays."""
     st = meta["settings"]
-    gen = [BEGIN, "",
-           f"Command: `{meta['command']}`  ",
+    gen = [f"Command: `{meta['command']}`  ",
            f"Machine: {meta['machine']}; load average before {meta['load_before']}, after {meta['load_after']}; "
            f"{meta['minutes']:.0f} min in all.  ",
            f"Start: `{Path(st['start']).name}`; train: {meta['train']}; batch {st['batch_size']}, constant lr "
@@ -353,14 +353,8 @@ def write(path: Path, rows: list[dict], refs: list[dict], meta: dict) -> None:
            "### Loss terms (mean over the first and the last 20 steps)", "", *loss_table(rows), "",
            "### Starting points", "",
            "| model | " + " | ".join(KEYS) + " |", "|---" * (1 + len(KEYS)) + "|",
-           *[f"| {r['name']} | " + " | ".join(f"{r.get(k, float('nan')):.1f}" for k in KEYS) + " |" for r in refs],
-           "", END]
-    old = path.read_text() if path.is_file() else ""
-    if BEGIN in old and END in old:
-        text = old[: old.index(BEGIN)] + "\n".join(gen) + old[old.index(END) + len(END):]
-        path.write_text(text)
-    else:
-        write_page(path, ["# DQE-CIR's last stage against today's (synthetic demo set)", "", *gen, ""])
+           *[f"| {r['name']} | " + " | ".join(f"{r.get(k, float('nan')):.1f}" for k in KEYS) + " |" for r in refs]]
+    write_section(path, "ablation", gen, title="DQE-CIR's last stage against today's (synthetic demo set)")
     path.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "references": refs}))
 
 

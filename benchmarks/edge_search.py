@@ -1,15 +1,18 @@
 """Search against a real engine: qdrant-edge (Qdrant's Rust segment engine, in-process) as a
 benchmark-only stand-in for a Qdrant server, with the project's schema and the project's embeddings.
 
-    # 1. embeddings (once, cached): synthetic images rendered by training/synth.py, encoded with a bundle
+    # 1. embeddings (once, cached): synthetic images rendered by cirdata/synth.py, encoded with a bundle
     python benchmarks/edge_search.py embed --bundle BUNDLE --root SYNTH_ROOT --items 100000 --cache DIR
-    # 2. the tables: recall and latency at each size, fp16/int8, response sizes -> docs/benchmarks/search-edge.md
-    python benchmarks/edge_search.py run --cache DIR --sizes 10000 100000
+    # 2. the first-stage designs side by side (pooled, multivector, token; benchmarks/edge_designs.py):
+    #    recall, latency, builds, bytes at each size, and recall against size -> docs/benchmarks/search-edge.md
+    python benchmarks/edge_search.py run --cache DIR --sizes 10000 30000 100000
+    # 3. the pooled design's storage study (benchmarks/edge_storage.py): oversample ladder, local mode,
+    #    fp16/int8, response sizes -> the same page, its own section
+    python benchmarks/edge_search.py storage --cache DIR --sizes 10000 100000
 
-Schema (plugin/store.py): `tokens` multivector Q x D, dot product, MAX_SIM, no HNSW graph (m=0);
-`pooled` D, cosine, HNSW (Qdrant's defaults m=16, ef_construct=100); built with `optimize()`.
-Queries: composed queries of the synthetic val split (reference + text) through Encoder.compose and
-encoder.fusion.fuse. Ground truth: exact MaxSim in numpy over the same fp32 vectors.
+Schemas: plugin/designs.py's, converted to edge's types. Queries: composed queries of the synthetic val split
+(reference + text) through Encoder.compose and encoder.fusion.fuse. Ground truth: exact MaxSim in numpy over
+the same fp32 vectors. This file holds the embeddings step and what both studies share.
 
 Needs the `bench` extra (qdrant-edge-py). Nothing of this is imported by the project.
 """
@@ -30,15 +33,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
-from encoder.fusion import l2_normalize, maxsim, pooled  # noqa: E402
+from encoder.fusion import maxsim, pooled  # noqa: E402
 
 K = 10
-MARK_START, MARK_END = "<!-- edge-results:start -->", "<!-- edge-results:end -->"
 
 
 def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    from benchmarks.common import load_averages
+
+    return load_averages()
 
 
 def pct(values, q) -> float:
@@ -47,8 +50,8 @@ def pct(values, q) -> float:
 
 # --- 1. embeddings --------------------------------------------------------------------------------
 def cmd_embed(args) -> None:
+    from cirdata.datasets import load_cirr
     from encoder import Encoder
-    from training.datasets import load_cirr
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,7 @@ def cmd_embed(args) -> None:
         paths += [str(p) for p in d.images.values()]
     if len(names) < args.items:
         raise SystemExit(f"{args.root} has {len(names)} images, fewer than --items {args.items}: "
-                         "generate a larger synthetic set (training.synth.generate size='large')")
+                         "generate a larger synthetic set (cirdata.synth.generate size='large')")
     names, paths = names[: args.items], paths[: args.items]
     t0 = time.perf_counter()
     parts = []
@@ -167,28 +170,6 @@ def edge_request(q: np.ndarray, oversample: int | None, ef: int | None = None, w
                         with_payload=with_payload, with_vector=with_vector, params=params)
 
 
-def build_local(tokens: np.ndarray, names: list[str], uris: list[str], meta: dict):
-    from qdrant_client import QdrantClient
-
-    from encoder.bundle import read_bundle
-    from plugin import store
-
-    client = QdrantClient(":memory:")
-    store.create_collection(client, "bench", read_bundle(meta["bundle"]))
-    t0 = time.perf_counter()
-    for s in range(0, len(tokens), 1000):
-        store.upsert(client, "bench", [store.Item(names[i], tokens[i], {"uri": uris[i]})
-                                       for i in range(s, min(s + 1000, len(tokens)))])
-    return client, time.perf_counter() - t0
-
-
-def local_exact(client, q: np.ndarray):
-    from plugin import store
-
-    return client.query_points("bench", query=[q.astype(np.float32).tolist()], using=store.TOKENS, limit=K,
-                               with_payload=True, with_vectors=False)
-
-
 def measure(queries, truth, engines) -> tuple[dict, dict]:
     """Latency and Recall@10 of each engine (name, fn(query) -> set of row indices, how many queries),
     every engine on one query before the next query, starting at a different engine each time."""
@@ -213,228 +194,51 @@ def numpy_topk(q: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     return top[np.argsort(-s[top])]
 
 
-# --- 2. the run ------------------------------------------------------------------------------------
-def cmd_run(args) -> None:
-    from plugin import store
+# --- local mode: the embedded default's cost per design ---------------------------------------------
+def cmd_local(args) -> None:
+    """Each design in qdrant-client's local mode (what `dqe-cir demo` and the tests use; it scans, it has no
+    HNSW): upsert time and the time of CIRSearch's own request per query, on the first --items of the cache."""
+    from qdrant_client import QdrantClient
+
+    from benchmarks.common import cpu_name, now, shown, write_section
+    from encoder import Encoder
+    from plugin import CIRSearch, store
 
     cache = Path(args.cache)
     meta = json.loads((cache / "meta.json").read_text())
-    all_tokens = np.load(cache / "tokens.npy", mmap_mode="r")
-    qz = np.load(cache / "queries.npz")
-    queries = qz["fused"]
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    started = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "loadavg": loadavg()}
-    print(f"[run] start {started}", flush=True)
-    results = {"sizes": [], "args": vars(args), "started": started, "cpu": cpu_name(), "cores": os.cpu_count(),
-               "embed": {k: meta[k] for k in ("embed_seconds", "compose_seconds", "date", "loadavg", "threads")}}
-    import qdrant_edge
-
-    results["versions"] = {"qdrant_edge": getattr(qdrant_edge, "__version__", "0.9.0")}
-    for size in args.sizes:
-        tokens = np.ascontiguousarray(all_tokens[:size])
-        names, uris = meta["names"][:size], meta["uris"][:size]
-        ids = [store.point_id(n) for n in names]
-        by_id = {pid: i for i, pid in enumerate(ids)}
-        payloads = [{"item_id": n, "uri": u} for n, u in zip(names, uris, strict=True)]
-        truth = [set(numpy_topk(q, tokens).tolist()) for q in queries]
-        row = {"size": size, "build": {}}
+    tokens = np.load(cache / "tokens.npy", mmap_mode="r")[: args.items]
+    queries = np.load(cache / "queries.npz")["fused"][: args.queries]
+    enc = Encoder(meta["bundle"], threads=1)
+    started, rows = now(), []
+    for name in args.designs:
+        client = QdrantClient(":memory:")
+        store.create_collection(client, "c", enc.spec, design=name)
         t0 = time.perf_counter()
-        shard, row["build"]["fp32"] = build_edge(work / f"edge-{size}-fp32", tokens, ids, payloads)
-        print(f"[run] {size}: edge fp32 built {row['build']['fp32']} ({time.perf_counter() - t0:.0f}s)", flush=True)
-        local, local_upsert = (None, 0.0)
-        n_local = min(args.local_queries[min(len(args.local_queries) - 1, args.sizes.index(size))], len(queries))
-        if n_local:
-            local, local_upsert = build_local(tokens, names, uris, meta)
-            print(f"[run] {size}: local mode filled in {local_upsert:.0f}s", flush=True)
-        row["local_upsert_s"], row["local_queries"] = local_upsert, n_local
-        def ids_of(points, by_id=by_id):
-            return {by_id[str(p.id)] for p in points}
-
-        # the full scans, and then the two-stage requests, each group on the same query in a rotating
-        # order (a scan of 40-400 MB evicts the caches of whatever runs next)
-        scans = [("edge exact", lambda q, s=shard: ids_of(s.query(edge_request(q, None))), len(queries)),
-                 ("numpy", lambda q, t=tokens: set(numpy_topk(q, t).tolist()), len(queries))]
-        if n_local:
-            scans.insert(0, ("local exact", lambda q, c=local: ids_of(local_exact(c, q).points), n_local))
-        staged = [(f"edge {o} {ef}", lambda q, o=o, ef=ef, s=shard: ids_of(s.query(edge_request(q, o, ef))),
-                   len(queries)) for ef in (None, args.ef) for o in args.oversample]
-        lat, rec = measure(queries, truth, scans)
-        lat2, rec2 = measure(queries, truth, staged)
-        lat.update(lat2)
-        rec.update(rec2)
-        row["latency"], row["recall"] = lat, rec
-        print(f"[run] {size}: {json.dumps(row['recall'])}", flush=True)
-        scans = local = None  # local mode holds its copy of the vectors in Python objects
-        if size == args.sizes[0]:
-            results["response"] = response_sizes(shard, queries, meta, work, args.explain_oversample)
-        shard.close()
-        shutil.rmtree(work / f"edge-{size}-fp32", ignore_errors=True)
-        # fp16 and int8 storage: recall against the fp32 exact MaxSim, same queries
-        row["storage"] = {}
-        from qdrant_edge import QuantizationSearchParams
-
-        requery = QuantizationSearchParams(rescore=True, oversampling=4.0)
-        originals = QuantizationSearchParams(ignore=True)
-        for storage in ("fp16", "int8"):
-            t0 = time.perf_counter()
-            shard, row["build"][storage] = build_edge(work / f"edge-{size}-{storage}", tokens, ids, payloads, storage)
-            print(f"[run] {size}: edge {storage} built {row['build'][storage]} ({time.perf_counter() - t0:.0f}s)",
-                  flush=True)
-            variants = [("exact", None, None)] + [(f"two-stage {o}", o, None) for o in args.storage_oversample]
-            if storage == "int8":
-                variants += [("exact, rescore + oversampling 4", None, requery),
-                             ("exact, originals (quantization ignored)", None, originals)]
-                variants += [(f"two-stage {o}, rescore + oversampling 4", o, requery)
-                             for o in args.storage_oversample]
-            engines = [(name, lambda q, o=o, qp=qp, s=shard: ids_of(s.query(edge_request(q, o, quant=qp))),
-                        len(queries)) for name, o, qp in variants]
-            slat, srec = measure(queries, truth, engines)
-            row["storage"][storage] = {name: {"recall": srec[name], **slat[name]} for name, _, _ in variants}
-            print(f"[run] {size}: {storage} {json.dumps(row['storage'][storage])}", flush=True)
-            shard.close()
-            shutil.rmtree(work / f"edge-{size}-{storage}", ignore_errors=True)
-        results["sizes"].append(row)
-        (work / "results.json").write_text(json.dumps(results, indent=1))
-    results["finished"] = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "loadavg": loadavg()}
-    (work / "results.json").write_text(json.dumps(results, indent=1))
-    write_doc(Path(args.out), results)
-
-
-# --- lean responses --------------------------------------------------------------------------------
-def response_sizes(shard, queries, meta, work: Path, oversample: int) -> dict:
-    """Bytes a client receives for k=10 hits with and without the hits' token vectors (explain), in
-    the two wire forms of a Qdrant server: REST JSON and gRPC protobuf, converted from the engine's
-    own result points by qdrant-client's models; and the client-side time to decode each."""
-    out = {"demo": measure_responses(shard, queries, meta["num_query_tokens"], meta["embed_dim"], oversample),
-           "oversample": oversample}
-    # BLIP-2 dims: random unit token vectors (the byte count depends on the shape, not on the values)
-    q_, d_ = 32, 256
-    rng = np.random.default_rng(0)
-    n = 2000
-    tok = l2_normalize(rng.normal(size=(n, q_, d_))).astype(np.float32)
-    names = [f"blip2-{i:06d}" for i in range(n)]
-    from plugin import store
-
-    big, _ = build_edge(work / "edge-blip2", tok, [store.point_id(x) for x in names],
-                        [{"item_id": x, "uri": f"./val/{x}.png"} for x in names])
-    qs = l2_normalize(rng.normal(size=(len(queries), d_))).astype(np.float32)
-    out["blip2"] = measure_responses(big, qs, q_, d_, oversample)
-    big.close()
-    shutil.rmtree(work / "edge-blip2", ignore_errors=True)
-    return out
-
-
-def measure_responses(shard, queries, q_tokens: int, dim: int, oversample: int) -> dict:
-    from qdrant_client import grpc
-    from qdrant_client.conversions.conversion import GrpcToRest, RestToGrpc
-    from qdrant_client.http import models  # the REST models (qdrant_client.models.QueryResponse is fastembed's)
-
-    res = {"Q": q_tokens, "D": dim}
-    for label, with_vector in (("lean", False), ("explain", ["tokens"])):
-        engine_t, json_b, pb_b, json_t, pb_t = [], [], [], [], []
+        for s in range(0, len(tokens), 500):
+            store.upsert(client, "c", [store.Item(meta["names"][i], np.asarray(tokens[i]), {"uri": meta["uris"][i]})
+                                       for i in range(s, min(len(tokens), s + 500))])
+        upsert_s = time.perf_counter() - t0
+        search = CIRSearch(client, "c", encoder=enc, exact_below=0)  # the approximate request, as at scale
+        times, hits = [], 0
         for q in queries:
-            t = time.perf_counter()
-            hits = shard.query(edge_request(q, oversample, with_vector=with_vector))
-            engine_t.append(time.perf_counter() - t)
-            points = [models.ScoredPoint(id=str(h.id), version=h.version, score=h.score, payload=h.payload,
-                                         vector=h.vector or None) for h in hits]
-            body = models.QueryResponse(points=points).model_dump_json(exclude_none=True).encode()
-            json_b.append(len(body))
-            msg = grpc.QueryResponse(result=[RestToGrpc.convert_scored_point(p) for p in points]).SerializeToString()
-            pb_b.append(len(msg))
-            t = time.perf_counter()
-            models.QueryResponse.model_validate_json(body)
-            json_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            [GrpcToRest.convert_scored_point(p) for p in grpc.QueryResponse.FromString(msg).result]
-            pb_t.append(time.perf_counter() - t)
-        res[label] = {"engine_p50": pct(engine_t, 50), "engine_p95": pct(engine_t, 95),
-                      "json_bytes": float(np.mean(json_b)), "protobuf_bytes": float(np.mean(pb_b)),
-                      "json_decode_p50": pct(json_t, 50), "protobuf_decode_p50": pct(pb_t, 50)}
-    return res
-
-
-# --- the report -------------------------------------------------------------------------------------
-def write_doc(path: Path, r: dict) -> None:
-    a = r["args"]
-    lines = [MARK_START, "", "## Measured", "",
-             f"Command: `python benchmarks/edge_search.py run --cache {a['cache']} --sizes "
-             f"{' '.join(map(str, a['sizes']))} --local-queries {' '.join(map(str, a['local_queries']))} "
-             f"--ef {a['ef']}`  ",
-             f"Machine: {r['cpu']}, {r['cores']} cores; qdrant-edge-py {r['versions']['qdrant_edge']}. "
-             f"Started {r['started']['date']} (load averages 1/5/15 min: {r['started']['loadavg']}), finished "
-             f"{r['finished']['date']} (load averages {r['finished']['loadavg']}).  ",
-             f"Embeddings: encoded {r['embed']['date']} in {r['embed']['embed_seconds']:.0f} s with "
-             f"{r['embed']['threads']} onnxruntime threads (load averages then: {r['embed']['loadavg']}).", ""]
-    o_list, ef = a["oversample"], a["ef"]
-    lines += ["### Recall@10 of two-stage against exact MaxSim (fp32)", "",
-              "| items | HNSW ef | " + " | ".join(f"oversample {o}" for o in o_list) + " | edge exact | local exact |",
-              "|---" * (len(o_list) + 4) + "|"]
-    for row in r["sizes"]:
-        for e in (None, ef):
-            rc = row["recall"]
-            lines.append(f"| {row['size']:,} | {e or 'default'} | "
-                         + " | ".join(f"{rc[f'edge {o} {e}']:.3f}" for o in o_list)
-                         + f" | {rc['edge exact']:.3f} | "
-                         + (f"{rc['local exact']:.3f}" if "local exact" in rc else "-") + " |")
-    lines += ["", "### Latency per query (ms), side by side in one run", "",
-              "| items | engine | queries | p50 | p95 |", "|---|---|---|---|---|"]
-    for row in r["sizes"]:
-        lt = row["latency"]
-        order = ["local exact", "edge exact", "numpy"] + [f"edge {o} None" for o in o_list] + \
-                [f"edge {o} {ef}" for o in o_list]
-        for key in order:
-            if key not in lt:
-                continue
-            label = {"local exact": "local mode, exact MaxSim", "edge exact": "edge, exact MaxSim",
-                     "numpy": "numpy brute force MaxSim"}.get(key)
-            if label is None:
-                _, o, e = key.split()
-                label = f"edge, two-stage, oversample {o}, ef {'default' if e == 'None' else e}"
-            lines.append(f"| {row['size']:,} | {label} | {lt[key]['n']} | {lt[key]['p50']:.2f} | "
-                         f"{lt[key]['p95']:.2f} |")
-    lines += ["", "### fp16 and int8 storage on edge: Recall@10 against fp32 exact MaxSim", "",
-              "| items | storage | request | Recall@10 | p50 ms | p95 ms |", "|---|---|---|---|---|---|"]
-    for row in r["sizes"]:
-        for storage, variants in row["storage"].items():
-            for name, v in variants.items():
-                lines.append(f"| {row['size']:,} | {storage} | {name} | {v['recall']:.3f} | {v['p50']:.2f} | "
-                             f"{v['p95']:.2f} |")
-    lines += ["", "### Index builds", "",
-              "| items | storage | upsert s | optimize() wall s | optimize() CPU s | segments | indexed vectors | "
-              "on disk MB |", "|---|---|---|---|---|---|---|---|"]
-    for row in r["sizes"]:
-        for storage, b in row["build"].items():
-            lines.append(f"| {row['size']:,} | {storage} | {b['upsert_s']:.0f} | {b['optimize_s']:.0f} | "
-                         f"{b['optimize_cpu_s']:.0f} | {b['segments']} | {b['indexed_vectors']:,} | "
-                         f"{b['disk_mb']:.0f} |")
-        if row["local_queries"]:
-            lines.append(f"| {row['size']:,} | local mode (fill) | {row['local_upsert_s']:.0f} | - | - | - | - | - |")
-    resp = r.get("response")
-    if resp:
-        lines += ["", "### Response size with and without explain (k=10, payload = item_id + uri, two-stage "
-                  f"request with oversample {resp['oversample']})", "",
-                  "| dims (Q x D) | response | REST JSON bytes | gRPC protobuf bytes | engine p50 ms | "
-                  "JSON decode p50 ms | protobuf decode p50 ms |", "|---|---|---|---|---|---|---|"]
-        for key in ("demo", "blip2"):
-            m = resp[key]
-            for label in ("lean", "explain"):
-                v = m[label]
-                lines.append(f"| {m['Q']} x {m['D']} | {'no vectors' if label == 'lean' else 'explain: tokens'} | "
-                             f"{v['json_bytes']:,.0f} | {v['protobuf_bytes']:,.0f} | {v['engine_p50']:.2f} | "
-                             f"{v['json_decode_p50']:.2f} | {v['protobuf_decode_p50']:.2f} |")
-    lines += ["", MARK_END]
-    block = "\n".join(lines)
-    text = path.read_text() if path.is_file() else "# Search against a real engine (qdrant-edge)\n\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(block)
+            t0 = time.perf_counter()
+            found = search._search("c", q[None], [None], None, K, None, search.oversample, False, False)[0]
+            times.append(time.perf_counter() - t0)
+            truth = {meta["names"][j] for j in np.argsort(-maxsim(q[None], np.asarray(tokens))[0])[:K]}
+            hits += len(truth & {p["item_id"] for p, _, _ in found})
+        rows.append({"design": name, "upsert_s": upsert_s, "p50": pct(times, 50), "p95": pct(times, 95),
+                     "recall": hits / (K * len(queries))})
+        print(f"[local] {name}: {rows[-1]}", flush=True)
+        client.close()
+    lines = [f"Command: `python benchmarks/edge_search.py local --cache {shown(cache)} --items {args.items} "
+             f"--queries {args.queries} --designs {' '.join(args.designs)} --out {shown(args.out)}`  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores; started {started}; {len(tokens):,} items, "
+             f"{len(queries)} queries, each design's default settings (`plugin.designs.DESIGN_DEFAULTS`).", "",
+             "| design | items | upsert s | p50 ms / query | p95 ms / query | Recall@10 vs exact |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['design']} | {len(tokens):,} | {r['upsert_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+              f"{r['recall']:.3f} |" for r in rows]
+    write_section(args.out, "edge-local", lines, title="Search against a real engine (qdrant-edge)")
 
 
 def main() -> None:
@@ -442,26 +246,53 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("embed", help="encode the catalog images and compose the queries (cached)")
     e.add_argument("--bundle", required=True)
-    e.add_argument("--root", required=True, help="a synthetic set (training.synth.generate), CIRR layout")
+    e.add_argument("--root", required=True, help="a synthetic set (cirdata.synth.generate), CIRR layout")
     e.add_argument("--items", type=int, default=100000)
     e.add_argument("--queries", type=int, default=200)
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--cache", default="/tmp/edge-bench/emb")
-    r = sub.add_parser("run", help="build the engines and measure (reads the cache)")
-    r.add_argument("--cache", default="/tmp/edge-bench/emb")
-    r.add_argument("--workdir", default="/tmp/edge-bench/work")
-    r.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
-    r.add_argument("--oversample", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    r.add_argument("--storage-oversample", type=int, nargs="+", default=[8, 16, 32, 64],
-                   help="two-stage oversample factors measured on fp16 and int8 storage")
-    r.add_argument("--explain-oversample", type=int, default=32,
-                   help="the two-stage request whose responses are measured with and without explain")
-    r.add_argument("--ef", type=int, default=256, help="the higher HNSW ef tried besides the default")
-    r.add_argument("--local-queries", type=int, nargs="+", default=[200, 20],
-                   help="queries measured in local mode, per size (local mode is slow)")
-    r.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
+    r = sub.add_parser("run", help="the first-stage designs side by side (reads the cache)")
+    from benchmarks import edge_designs
+
+    edge_designs.add_arguments(r)
+    lo = sub.add_parser("local", help="each design in qdrant-client's local mode (the embedded default)")
+    lo.add_argument("--cache", default="/tmp/edge-bench/emb")
+    lo.add_argument("--items", type=int, default=4500)
+    lo.add_argument("--queries", type=int, default=20)
+    lo.add_argument("--designs", nargs="+", default=["pooled", "multivector", "token"],
+                    choices=["pooled", "multivector", "token"])
+    lo.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
+    rp = sub.add_parser("report", help="rewrite the page's edge-designs section from a run's results JSON")
+    rp.add_argument("--results", default="/tmp/edge-bench/work/designs-results.json")
+    rp.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
+    st = sub.add_parser("storage", help="the pooled design's oversample ladder, fp16/int8, response sizes")
+    st.add_argument("--cache", default="/tmp/edge-bench/emb")
+    st.add_argument("--workdir", default="/tmp/edge-bench/work")
+    st.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    st.add_argument("--oversample", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    st.add_argument("--storage-oversample", type=int, nargs="+", default=[8, 16, 32, 64],
+                    help="two-stage oversample factors measured on fp16 and int8 storage")
+    st.add_argument("--explain-oversample", type=int, default=32,
+                    help="the two-stage request whose responses are measured with and without explain")
+    st.add_argument("--ef", type=int, default=256, help="the higher HNSW ef tried besides the default")
+    st.add_argument("--local-queries", type=int, nargs="+", default=[200, 20],
+                    help="queries measured in local mode, per size (local mode is slow)")
+    st.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
     args = ap.parse_args()
-    {"embed": cmd_embed, "run": cmd_run}[args.cmd](args)
+    if args.cmd == "embed":
+        cmd_embed(args)
+    elif args.cmd == "run":
+        edge_designs.cmd_designs(args)
+    elif args.cmd == "local":
+        cmd_local(args)
+    elif args.cmd == "report":
+        results = json.loads(Path(args.results).read_text())
+        results["fits"] = edge_designs.fits(results)  # the fit is the page's reading of the measured recalls
+        edge_designs.write_designs_doc(Path(args.out), results)
+    else:
+        from benchmarks import edge_storage
+
+        edge_storage.cmd_storage(args)
 
 
 if __name__ == "__main__":

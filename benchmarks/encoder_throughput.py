@@ -2,9 +2,14 @@
 measured side by side in one run, for the demo config and a production-shaped config.
 
     python benchmarks/encoder_throughput.py [--out docs/benchmarks/encoder.md] [--threads 2] [--skip-prod]
+        [--checkpoint models/demo/dqe-cir-demo.safetensors] [--batches 1 8 32] [--reps N]
 
-Production-shaped: a ViT-B/16-sized vision model at 224 px and a BERT-base-sized Q-Former with 32
-query tokens, random weights (timing does not depend on the values).
+Writes only its marked section (`encoder-throughput`) of --out: docs/benchmarks/encoder.md, or
+docs/benchmarks/encoder-demo-idle.md for the demo config alone (`--skip-prod --out ...`).
+
+Demo config: --checkpoint (the shipped demo model; a randomly initialised demo model when it is
+missing). Production-shaped: a ViT-B/16-sized vision model at 224 px and a BERT-base-sized Q-Former
+with 32 query tokens, random weights (timing does not depend on the values).
 """
 
 from __future__ import annotations
@@ -23,18 +28,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, recorded_command, write_section  # noqa: E402
+from cirdata.vocab import build_tokenizer  # noqa: E402
 from encoder.text import TextTokenizer  # noqa: E402
 from training.export import export_bundle  # noqa: E402
 from training.model import DQECIR, model_config  # noqa: E402
 from training.train import load_checkpoint  # noqa: E402
-from training.vocab import build_tokenizer  # noqa: E402
 
 PROD = dict(image_size=224, patch_size=16, vision_width=768, vision_layers=12, vision_heads=12, qformer_width=768,
             qformer_layers=12, qformer_heads=12, cross_attention_frequency=2, num_query_tokens=32, embed_dim=256,
             max_text_len=40)
 LEVELS = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+SHIPPED = ROOT / "models" / "demo" / "dqe-cir-demo.safetensors"
+SECTION = "encoder-throughput"
+TITLE = "Encoder throughput: onnxruntime CPU vs torch eager"
 TEXTS = ["make the red circle blue", "replace the yellow star with a small purple hexagon", "same but green",
          "turn the blue square into a cross"]
 
@@ -89,36 +97,44 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "encoder.md"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-prod", action="store_true")
+    ap.add_argument("--checkpoint", default=str(SHIPPED), help="the demo config's weights (timing does not "
+                                                               "depend on them)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--reps", type=int, default=None,
+                    help="timed runs per measurement (default: 20/10/5 for the demo config at batch 1/8/32, "
+                         "3/2/1 for prod)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = print
     rows = []
-    shipped = ROOT / "models" / "demo" / "dqe-cir-demo.safetensors"
-    if shipped.is_file():
-        model, tok, _ = load_checkpoint(shipped)
-    else:
+    if Path(args.checkpoint).is_file():
+        model, tok, _ = load_checkpoint(args.checkpoint)
+    elif Path(args.checkpoint) != SHIPPED:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
+    else:  # no shipped model in this checkout: a random demo model times the same
         tok = TextTokenizer(build_tokenizer(), 40)
         model = DQECIR(model_config("demo", vocab_size=tok.vocab_size))
     model.eval()
-    rows += bench_config("demo", model, tok, (1, 8, 32), {1: 20, 8: 10, 32: 5}, args.threads, list(LEVELS), log)
+
+    def reps(table: dict[int, int]) -> dict[int, int]:
+        return {b: args.reps or table.get(b, 1) for b in args.batches}
+
+    rows += bench_config("demo", model, tok, args.batches, reps({1: 20, 8: 10, 32: 5}), args.threads, list(LEVELS),
+                         log)
     if not args.skip_prod:
         tok_p = TextTokenizer(build_tokenizer(), PROD["max_text_len"])
         torch.manual_seed(0)
         prod = DQECIR(model_config("demo", vocab_size=tok_p.vocab_size, **PROD)).eval()
         log(f"  production-shaped model: {sum(p.numel() for p in prod.parameters()) / 1e6:.0f}M parameters")
-        rows += bench_config("prod", prod, tok_p, (1, 8, 32), {1: 3, 8: 2, 32: 1}, args.threads,
+        rows += bench_config("prod", prod, tok_p, args.batches, reps({1: 3, 8: 2, 32: 1}), args.threads,
                              ["disabled", "all"], log)
     write_report(Path(args.out), rows, args)
 
 
 def write_report(path: Path, rows: list[dict], args) -> None:
-    cpu = cpu_name()
     lines = [
-        "# Encoder throughput: onnxruntime CPU vs torch eager",
-        "",
-        f"Command: `python benchmarks/encoder_throughput.py --threads {args.threads}"
-        f"{' --skip-prod' if args.skip_prod else ''}`  ",
-        f"Machine: {cpu}, {args.threads} threads for both engines; torch {torch.__version__}, "
+        f"Command: `{recorded_command('encoder_throughput.py')}`  ",
+        f"Machine: {cpu_name()}, {args.threads} threads for both engines; torch {torch.__version__}, "
         f"onnxruntime {ort.__version__}. Measured side by side in one run; images (or queries) per second, "
         "median of repeated runs after a warm-up.",
         "",
@@ -138,12 +154,7 @@ def write_report(path: Path, rows: list[dict], args) -> None:
             if f"ort_{lvl}_encode" in r:
                 lines.append(f"| {r['config']} | {r['batch']} | {lvl} | {r[f'ort_{lvl}_encode']:.1f} | "
                              f"{r[f'ort_{lvl}_compose']:.1f} |")
-    lines += ["", "## GPU", "",
-              "CUDA fp32/fp16 throughput and fp16 parity: unmeasured (no GPU was lent to the session that ran "
-              "this; the script above runs on CPU only).", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_section(path, SECTION, lines, title=TITLE)
 
 
 if __name__ == "__main__":

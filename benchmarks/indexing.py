@@ -4,12 +4,19 @@ tensors, all in one run. Also the in-process pipeline with JPEG draft decoding o
 saves, and where the in-process time goes.
 
     python benchmarks/indexing.py --bundle BUNDLE [--n 2000] [--out docs/benchmarks/indexing.md]
+        [--no-worker] [--redis-url redis://127.0.0.1:6379/14] [--profile-items 300]
+
+writes the `indexing-paths` section of the page. The Celery worker row needs Redis at --redis-url
+(the script empties that database first).
 
 `--feed`: only the fed encoder (indexer.pipeline) against the sequential path and the raw encoder, at
-onnxruntime 1 thread (decoding on the other core) and 2 threads; rewrites the section between the
-feed markers of the page and leaves the rest alone.
+onnxruntime 1 thread (decoding on the other core) and 2 threads; writes the `indexing-feed` section.
 
-    python benchmarks/indexing.py --feed --bundle BUNDLE [--n 1000]
+    python benchmarks/indexing.py --feed --bundle BUNDLE [--n 1000] [--rounds 2]
+
+Each run rewrites only its own marked section of the page; the prose around them stays. BUNDLE: any
+export of the demo model, e.g. `dqe-cir export models/demo/dqe-cir-demo.safetensors --out
+exports/demo-bundle` (throughput does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name, load_averages  # noqa: E402
+from benchmarks.common import cpu_name, load_averages, now, recorded_command, write_section  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.preprocess import load_image, prepare_image  # noqa: E402
 from indexer.catalog import fetch_bytes, read_catalog  # noqa: E402
-from indexer.jobs import index_catalog  # noqa: E402
+from indexer.reindex_inprocess import index_catalog  # noqa: E402
 
 
 def make_catalog(folder: Path, n: int) -> None:
@@ -66,7 +73,7 @@ def raw_encoder(enc: Encoder, folder: Path) -> tuple[float, float]:
 
 
 def stage_profile(enc: Encoder, folder: Path, n: int = 300) -> dict:
-    """Where the in-process time goes, per stage, on n items."""
+    """Where the in-process time goes, per stage, on (at most) n items."""
     root, items = read_catalog(folder)
     items = items[:n]
     t0 = time.perf_counter()
@@ -89,8 +96,8 @@ def stage_profile(enc: Encoder, folder: Path, n: int = 300) -> dict:
             {"read bytes": t1 - t0, "decode + preprocess": t2 - t1, "encode": t3 - t2, "upsert": t4 - t3}.items()}
 
 
-def via_worker(bundle: Path, folder: Path, tmp: Path) -> float:
-    env = {**os.environ, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14", "QDRANT_PATH": str(tmp / "qw"),
+def via_worker(bundle: Path, folder: Path, tmp: Path, redis_url: str = "redis://127.0.0.1:6379/14") -> float:
+    env = {**os.environ, "CELERY_BROKER_URL": redis_url, "QDRANT_PATH": str(tmp / "qw"),
            "DQE_CIR_BUNDLE": str(bundle), "DQE_CIR_QUEUE": "bench"}
     import redis
 
@@ -101,7 +108,7 @@ def via_worker(bundle: Path, folder: Path, tmp: Path) -> float:
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         time.sleep(5)  # worker start-up is not indexing time
-        code = ("import sys, time; from indexer.distributed import index_with_workers; "
+        code = ("import sys, time; from indexer.reindex_workers import index_with_workers; "
                 "from indexer.settings import load_settings; t=time.perf_counter(); "
                 f"r=index_with_workers({str(folder)!r}, 'bench', load_settings(), chunk_size=32, progress=False, "
                 "timeout=1800); print(r.indexed / (time.perf_counter() - t))")
@@ -114,7 +121,8 @@ def via_worker(bundle: Path, folder: Path, tmp: Path) -> float:
         worker.wait(timeout=60)
 
 
-FEED_START, FEED_END = "<!-- feed:start -->", "<!-- feed:end -->"
+TITLE = "Indexing throughput"
+WORKER_ROW = "one Celery worker (solo pool, Redis broker)"
 
 
 def feed_rows(bundle: str, folder: Path, tmp: Path, rounds: int = 2) -> list[dict]:
@@ -139,12 +147,14 @@ def feed_rows(bundle: str, folder: Path, tmp: Path, rounds: int = 2) -> list[dic
 
 
 def write_feed_section(path: Path, args, rows: list[dict], started: str, before: str) -> None:
-    lines = [FEED_START, "", "## The fed encoder: decoding in a pool, upserts in the background", "",
-             f"Command: `python benchmarks/indexing.py --feed --bundle {args.bundle} --n {args.n}`  ",
+    times = {1: "once", 2: "twice"}.get(args.rounds, f"{args.rounds} times")
+    kept = "better" if args.rounds == 2 else "best"
+    lines = ["## The fed encoder: decoding in a pool, upserts in the background", "",
+             f"Command: `{recorded_command('indexing.py')}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores. {args.n} JPEGs of 800x1000 (quality 88) into "
              f"local-mode Qdrant, in-process. Started {started} (load averages 1/5/15 min: {before}), finished "
-             f"{time.strftime('%Y-%m-%dT%H:%M')} ({load_averages()}). One run; each path ran twice, alternating, "
-             "and keeps its better rate. Raw = the encoder alone on already-decoded tensors at the same "
+             f"{now()} ({load_averages()}). One run; each path ran {times}, alternating, "
+             f"and keeps its {kept} rate. Raw = the encoder alone on already-decoded tensors at the same "
              "onnxruntime threads.", "",
              "| onnxruntime threads | decode workers | raw encoder img/s | sequential img/s | seq / raw "
              "| fed img/s | fed / raw | fed / sequential |", "|---|---|---|---|---|---|---|---|"]
@@ -152,15 +162,24 @@ def write_feed_section(path: Path, args, rows: list[dict], started: str, before:
         lines.append(f"| {r['threads']} | {r['workers']} | {r['raw']:.1f} | {r['sequential']:.1f} | "
                      f"{r['sequential'] / r['raw']:.2f} | {r['fed']:.1f} | {r['fed'] / r['raw']:.2f} | "
                      f"{r['fed'] / r['sequential']:.2f} |")
-    lines += ["", FEED_END]
-    text = path.read_text() if path.is_file() else ""
-    if FEED_START in text and FEED_END in text:
-        head, rest = text.split(FEED_START, 1)
-        text = head + "\n".join(lines) + rest.split(FEED_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
-    print("\n".join(lines))
+    write_section(path, "indexing-feed", lines, title=TITLE)
+
+
+def write_paths_section(path: Path, args, raw: float, rates: dict, profile: dict, profiled: int) -> None:
+    lines = [f"Command: `{recorded_command('indexing.py')}`  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores, onnxruntime CPU with {args.threads} threads. {args.n} "
+             "JPEGs of 800x1000 (quality 88) into local-mode Qdrant; measured in one run.", "",
+             "| path | images/s | pipeline / raw |", "|---|---|---|",
+             f"| raw encoder on decoded tensors | {raw:.1f} | 1.00 |"]
+    for name, rate in rates.items():
+        if isinstance(rate, str):  # a path that failed: its reason, not a number
+            lines.append(f"| {name} | failed: {rate} | - |")
+        else:
+            lines.append(f"| {name} | {rate:.1f} | {rate / raw:.2f} |")
+    lines += ["", f"Where the in-process time goes ({profiled} items, default settings):", "",
+              "| stage | share of time |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f}% |" for k, v in profile.items()]
+    write_section(path, "indexing-paths", lines, title=TITLE)
 
 
 def main() -> None:
@@ -169,13 +188,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--feed", action="store_true", help="only the fed-encoder table (see the module docstring)")
+    ap.add_argument("--rounds", type=int, default=2, help="--feed: runs of each path, the best kept")
+    ap.add_argument("--profile-items", type=int, default=300, help="items of the per-stage time profile")
+    ap.add_argument("--no-worker", action="store_true", help="leave out the Celery worker row (no Redis needed)")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
+                    help="the worker row's broker (this database is emptied first)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "indexing.md"))
     args = ap.parse_args()
     if args.feed:
-        started, before = time.strftime("%Y-%m-%dT%H:%M"), load_averages()
+        started, before = now(), load_averages()
         with tempfile.TemporaryDirectory() as tmp_s:
             make_catalog(Path(tmp_s) / "catalog", args.n)
-            rows = feed_rows(args.bundle, Path(tmp_s) / "catalog", Path(tmp_s))
+            rows = feed_rows(args.bundle, Path(tmp_s) / "catalog", Path(tmp_s), args.rounds)
         write_feed_section(Path(args.out), args, rows, started, before)
         return
     os.environ["DQE_CIR_THREADS"] = str(args.threads)
@@ -189,7 +213,7 @@ def main() -> None:
         enc = Encoder(args.bundle, threads=args.threads)
         raw, decode_s = raw_encoder(enc, tmp / "catalog")
         print(f"raw encoder {raw:.1f} img/s", flush=True)
-        rates = {}
+        rates: dict[str, float | str] = {}
         for name, draft in (("in-process, full JPEG decode", False), ("in-process (default: JPEG draft decode)", True)):
             e = Encoder(args.bundle, threads=args.threads, jpeg_draft=draft)
             client = QdrantClient(path=str(tmp / f"q{int(draft)}"))
@@ -197,27 +221,15 @@ def main() -> None:
             client.close()
             rates[name] = r.indexed / r.seconds
             print(f"{name}: {rates[name]:.1f} img/s", flush=True)
-        profile = stage_profile(enc, tmp / "catalog")
-        try:
-            rates["one Celery worker (solo pool, Redis broker)"] = via_worker(Path(args.bundle), tmp / "catalog", tmp)
-        except Exception as e:  # reported in the table, not hidden
-            print(f"worker run failed: {e}")
-    cpu = cpu_name()
-    lines = ["# Indexing throughput", "",
-             f"Command: `python benchmarks/indexing.py --bundle {args.bundle} --n {args.n} --threads {args.threads}`  ",
-             f"Machine: {cpu}, {os.cpu_count()} cores, onnxruntime CPU with {args.threads} threads. {args.n} JPEGs of "
-             "800x1000 (quality 88) into local-mode Qdrant; measured in one run.", "",
-             "| path | images/s | pipeline / raw |", "|---|---|---|",
-             f"| raw encoder on decoded tensors | {raw:.1f} | 1.00 |"]
-    for name, rate in rates.items():
-        lines.append(f"| {name} | {rate:.1f} | {rate / raw:.2f} |")
-    lines += ["", "Where the in-process time goes (300 items, default settings):", "",
-              "| stage | share of time |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f}% |" for k, v in profile.items()]
-    lines.append("")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+        profiled = min(args.profile_items, args.n)
+        profile = stage_profile(enc, tmp / "catalog", profiled)
+        if not args.no_worker:
+            try:
+                rates[WORKER_ROW] = via_worker(Path(args.bundle), tmp / "catalog", tmp, args.redis_url)
+            except Exception as e:  # reported in the table, not hidden
+                print(f"worker run failed: {e}")
+                rates[WORKER_ROW] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120].replace("|", "/")
+    write_paths_section(Path(args.out), args, raw, rates, profile, profiled)
 
 
 if __name__ == "__main__":

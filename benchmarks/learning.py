@@ -1,15 +1,22 @@
 """The learning study: does a training recipe fit the synthetic demo set, and does it generalise?
 
-    python benchmarks/learning.py run NAME --minutes 12 [--init CKPT] [--set KEY=JSON ...]
+    python benchmarks/learning.py run NAME --minutes 12 [--init CKPT] [--root DATA] [--set KEY=JSON ...]
     python benchmarks/learning.py report [--out docs/benchmarks/learning.md]
+    python benchmarks/learning.py phrasings NAME=CKPT ... [--out docs/benchmarks/learning-phrasings.md]
 
 `run` trains one variant with a time-budgeted schedule (warm-up and cosine end with the budget),
 then scores the result on the val split (1,000 queries, 4,489 images) AND on the first 1,000 train
 queries against the images of their own img_sets (a gallery made like val's, own_gallery), so
 underfitting (train as bad as val) and poor generalisation (train far above val) are both visible;
 val is also split by phrasing (training phrasings vs held-out ones).
-Each run appends one JSON line to docs/benchmarks/learning-runs.jsonl
-with its config, steps, wall time and the machine's load; `report` turns those lines into the table.
+Each run appends one JSON line to docs/benchmarks/learning-runs.jsonl (--results)
+with its config, steps, wall time and the machine's load; `report` turns those lines into the table,
+the `learning-runs` section of docs/benchmarks/learning.md; `phrasings` writes the
+`learning-phrasings` section of docs/benchmarks/learning-phrasings.md. Each rewrites only its marked
+section: the findings are the page's own prose, outside the markers.
+
+Scoring is on the demo set (runs/demo/synth-demo-0, made by `run` when missing); --val-root scores on
+another synthetic set instead (the tests' tiny runs).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, recorded_command, write_section  # noqa: E402
 
 RESULTS = ROOT / "docs" / "benchmarks" / "learning-runs.jsonl"  # committed: the raw rows behind the doc
 DATA = ROOT / "runs" / "demo" / "synth-demo-0"
@@ -54,32 +61,33 @@ def own_gallery(data):
                    scene_keys=pick(data.scene_keys) if data.scene_keys else None)
 
 
-def score_splits(model, tok, train_root: Path = DATA, also_seen: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+def score_splits(model, tok, train_root: Path = DATA, also_seen: tuple[Path, ...] = (), val_root: Path = DATA,
+                 train_queries: int = TRAIN_QUERIES) -> tuple[dict, dict]:
     """(val, train) scores: all demo val queries on the val gallery (and on the subsets by phrasing and
     by novelty); the first 1,000 training queries of `train_root` (the set the model trained on) on
     their own img_set images (own_gallery). `also_seen`: other sets the model trained on before (their
-    pairs are not novel either)."""
-    val, trn = study_splits(model.cfg.image_size, str(train_root))
+    pairs are not novel either). `val_root`: the set whose val split is scored (the demo set)."""
+    val, trn = study_splits(model.cfg.image_size, str(train_root), str(val_root), train_queries)
     return (score(model, tok, val, (Path(train_root), *also_seen)),
             {**score(model, tok, trn), "gallery": len(trn.names)})
 
 
 @cache
-def demo_val(size: int):
-    """The demo val split, decoded once per process."""
-    from training.cir_data import load_cir_data
+def demo_val(size: int, root: str = str(DATA)):
+    """The demo val split (or `root`'s), decoded once per process."""
+    from cirdata.tables import load_cir_data
 
-    return load_cir_data("synth", DATA, "val", size, progress=False)
+    return load_cir_data("synth", root, "val", size, progress=False)
 
 
 @cache
-def study_splits(size: int, train_root: str):
+def study_splits(size: int, train_root: str, val_root: str = str(DATA), train_queries: int = TRAIN_QUERIES):
     """The demo val split and the first 1,000 training queries of `train_root` on their own gallery,
     decoded once per process."""
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
 
-    trn = load_cir_data("synth", train_root, "train", size, progress=False, max_queries=TRAIN_QUERIES)
-    return demo_val(size), own_gallery(trn)
+    trn = load_cir_data("synth", train_root, "train", size, progress=False, max_queries=train_queries)
+    return demo_val(size, val_root), own_gallery(trn)
 
 
 def score(model, tok, data, train_roots: tuple[Path, ...] = ()) -> dict:
@@ -99,13 +107,13 @@ def subset_metrics(data, scores, rows) -> dict:
     """CIRR-protocol metrics of the queries `rows` only (same gallery)."""
     from dataclasses import replace
 
-    from training.evaluate import protocol_metrics
+    from cirdata.protocol import score_metrics
 
     sub = replace(data, ref=data.ref[rows], tgt=data.tgt[rows], texts=[data.texts[i] for i in rows],
                   members=[data.members[i] for i in rows] if data.members else None,
                   pairids=[data.pairids[i] for i in rows] if data.pairids else [],
                   edit_kinds=[data.edit_kinds[i] for i in rows] if data.edit_kinds else [])
-    return protocol_metrics(sub, scores[rows])
+    return score_metrics(sub, scores[rows])
 
 
 def by_phrasing(data, scores) -> dict:
@@ -113,7 +121,7 @@ def by_phrasing(data, scores) -> dict:
     held-out one (val only: training texts all use training phrasings)."""
     import numpy as np
 
-    from training.scenes import is_held_out_phrasing
+    from cirdata.scenes import is_held_out_phrasing
 
     held = np.array([is_held_out_phrasing(t) for t in data.texts])
     if not held.any():
@@ -130,8 +138,8 @@ def training_pairs(train_root: Path) -> frozenset:
     """(reference scene, target scene) of every query of the training split: the scene space is small
     enough that a val query can repeat a training one up to the wording (190 of the demo val queries
     do in the large set, 55 in the demo train split)."""
-    from training.datasets import load_cirr
-    from training.oracle import load_scenes
+    from cirdata.datasets import load_cirr
+    from cirdata.oracle import load_scenes
 
     split = load_cirr(train_root, "train")
     scenes = load_scenes(split)
@@ -153,18 +161,20 @@ def by_novelty(data, scores, train_roots: tuple[Path, ...]) -> dict:
 def cmd_run(args) -> int:
     import torch
 
+    from cirdata.synth import ensure_synth
     from training.cli import parse_settings
-    from training.synth import ensure_synth
     from training.train import LAST, load_checkpoint, load_train_config, train
 
-    ensure_synth(DATA, "demo", 0)
-    root = Path(args.root).resolve() if args.root else DATA  # training data; scoring is always on the demo set
-    for path in (root, *map(Path, args.also_seen or ())):  # checked now, not after the run
+    val_root = Path(args.val_root).resolve() if args.val_root else DATA
+    if val_root == DATA:
+        ensure_synth(DATA, "demo", 0)
+    root = Path(args.root).resolve() if args.root else val_root  # training data; scoring is on the val set's
+    for path in (root, val_root, *map(Path, args.also_seen or ())):  # checked now, not after the run
         if not (path / "captions").is_dir():
             raise SystemExit(f"{path}: no CIRR-layout data set there "
                              f"(make one: dqe-cir data synth --size large --seed 1 --out {path})")
     over = parse_settings(args.set)
-    out = ROOT / "runs" / "learning" / args.name
+    out = Path(args.runs_dir) / args.name
     cfg = load_train_config(args.config, root=str(root), out=str(out), init=args.init, max_minutes=args.minutes,
                             eval_every=0, progress=not args.quiet, threads=args.threads, settings=over)
     load0 = os.getloadavg()[0]
@@ -173,17 +183,19 @@ def cmd_run(args) -> int:
     minutes = (time.time() - t0) / 60
     model, tok, _ = load_checkpoint(out / LAST)
     also = tuple(Path(r).resolve() for r in args.also_seen or ())
-    val, trn = score_splits(model, tok, root, also)
+    val, trn = score_splits(model, tok, root, also, val_root, args.train_queries)
     row = {"name": args.name, "note": args.note, "init": args.init, "root": shown(root), "overrides": over,
            **({"also_seen": [shown(p) for p in also]} if also else {}),
+           **({"val_root": shown(val_root)} if val_root != DATA else {}),
            "config": args.config,
            "minutes_budget": args.minutes, "minutes": round(minutes, 1), "steps": result["steps"],
            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
            "val": val, "train": trn, "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
            "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as f:
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
     return 0
@@ -194,26 +206,27 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def read_rows() -> list[dict]:
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+def read_rows(results: Path = RESULTS) -> list[dict]:
+    return [json.loads(line) for line in Path(results).read_text().splitlines() if line.strip()]
 
 
 def cmd_rescore(args) -> int:
     """Score runs again with today's scoring (their rows keep everything else)."""
     from training.train import LAST, load_checkpoint
 
-    rows = read_rows()
+    rows = read_rows(args.results)
     for r in rows:
         if r["name"] not in args.names:
             continue
-        path = Path(args.checkpoint) if args.checkpoint else ROOT / "runs" / "learning" / r["name"] / LAST
+        path = Path(args.checkpoint) if args.checkpoint else Path(args.runs_dir) / r["name"] / LAST
         model, tok, _ = load_checkpoint(path)
         also = tuple(ROOT / a for a in r.get("also_seen", ()))
-        r["val"], r["train"] = score_splits(model, tok, ROOT / r.get("root", DATA), also)
+        r["val"], r["train"] = score_splits(model, tok, ROOT / r.get("root", DATA), also,
+                                            ROOT / r.get("val_root", DATA))
         r.pop("reconstructed", None)
         r["rescored"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         print(json.dumps(r))
-    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Path(args.results).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 
 
@@ -222,17 +235,18 @@ def cmd_phrasings(args) -> int:
     one or more checkpoints side by side: which wordings a model cannot read."""
     import numpy as np
 
+    from cirdata.scenes import TEMPLATES, template_of
     from training.evaluate import evaluate
-    from training.scenes import TEMPLATES, template_of
     from training.train import load_checkpoint
 
     models = dict(spec.split("=", 1) for spec in args.checkpoints if "=" in spec)
     if len(models) != len(args.checkpoints):
         raise SystemExit(f"phrasings takes distinct NAME=CHECKPOINT pairs, not {args.checkpoints}")
     columns = {}
+    val_root = Path(args.val_root).resolve() if args.val_root else DATA
     for name, path in models.items():
         model, tok, _ = load_checkpoint(path)
-        val = demo_val(model.cfg.image_size)  # the val split alone: no training split to decode
+        val = demo_val(model.cfg.image_size, str(val_root))  # the val split alone: no training split to decode
         scores = evaluate(model, tok, val).scores
         used = np.array([template_of(t) or "?" for t in val.texts])
         columns[name] = {t: subset_metrics(val, scores, np.flatnonzero(used == t)) | {"n": int((used == t).sum())}
@@ -249,18 +263,12 @@ def cmd_phrasings(args) -> int:
     unmatched = columns[next(iter(models))].get("?", {}).get("n", 0)
     if unmatched:
         lines.append(f"| ? | no template matches | - | {unmatched} | " + " | ".join("-" for _ in models) + " |")
-    table = "\n".join(lines)
-    cmd = "python benchmarks/learning.py phrasings " + " ".join(args.checkpoints)
-    doc = (f"# Val recall by phrasing\n\n`{cmd}` (machine: {cpu_name()}).\n\nThe 1,000 demo val queries "
-           "split by the template their text was written with; held-out templates never occur in training. "
-           "CIRR protocol on the whole val gallery (4,489 images); Rs@1 = the target first among its "
-           "img_set's other images. The checkpoints are the learning study's runs (learning-runs.jsonl has the "
-           "command of each; `large-continue` as shipped at commit cfe24e7: `git show "
-           "cfe24e7:models/demo/dqe-cir-demo.safetensors`). Columns of checkpoints that are gone are in this "
-           "file's git history.\n\n" + table + "\n")
-    if args.out:
-        Path(args.out).write_text(doc)
-    print(doc)
+    which = "demo val queries" if val_root == DATA else f"val queries of `{shown(val_root)}`"
+    write_section(args.out, "learning-phrasings", [
+        f"`{recorded_command('learning.py')}` (machine: {cpu_name()}).", "",
+        f"The {len(val.ref):,} {which} split by the template their text was written with; held-out templates never "
+        f"occur in training. CIRR protocol on the whole val gallery ({len(val.names):,} images); Rs@1 = the target "
+        "first among its img_set's other images.", "", *lines], title="Val recall by phrasing")
     return 0
 
 
@@ -270,7 +278,7 @@ def cells_of(metrics: dict, *keys: str) -> str:
 
 
 def cmd_report(args) -> int:
-    rows = read_rows()
+    rows = read_rows(args.results)
     head = ("| run | what changed | trained on | steps | min | train gallery | "
             + " | ".join(f"{m} train / val" for m in METRICS)
             + " | val R@10 seen / held-out phrasing | val Rs@1 seen / held-out | val R@1 / R@10 / Rs@1 novel pairs |")
@@ -288,16 +296,13 @@ def cmd_report(args) -> int:
         trained_on = Path(r.get("root", DATA)).name
         lines.append(f"| {r['name']} | {changed} | {trained_on} | {r['steps']} | {r['minutes']} | {gallery} | {cells} "
                      f"| {phr} | {phr_s} | {novel} |")
-    table = "\n".join(lines)
     machines = sorted({r["machine"] for r in rows})
     loads = ", ".join(f"{r['name']} {r['load_before']}->{r['load_after']}" for r in rows)
-    text = args.intro.read_text() if args.intro else ""
-    doc = (f"# Learning study on the synthetic demo set\n\n{text}\n"
-           f"Each row: `python benchmarks/learning.py run NAME --minutes M [--init CKPT] [--root DATA] --set ...` "
-           "(the exact overrides are in docs/benchmarks/learning-runs.jsonl), then "
-           "`python benchmarks/learning.py report`.\n"
-           f"Machine: {'; '.join(machines)}. Load average before -> after each run: {loads}.\n\n"
-           "train = the first 1,000 train queries against the images of their own img_sets (the val split's "
+    results = shown(Path(args.results).resolve())
+    intro = (f"Each row: `python benchmarks/learning.py run NAME --minutes M [--init CKPT] [--root DATA] --set ...` "
+             f"(the exact overrides are in {results}), then `{recorded_command('learning.py')}`.\n"
+             f"Machine: {'; '.join(machines)}. Load average before -> after each run: {loads}.\n\n"
+             "train = the first 1,000 train queries against the images of their own img_sets (the val split's "
            "gallery is built the same way: 4,489 images for its 1,000 queries), so train and val recalls "
            "compare; rows marked 20,213 were scored against the whole training gallery, 4.5x larger, which "
            "lowers every recall but Rs@1; rows trained on the large set score the first 1,000 of its training "
@@ -305,9 +310,8 @@ def cmd_report(args) -> int:
            "training set; novel pairs = the val queries whose (reference scene, target scene) pair is in no "
            "query of the training set (nor of the sets named in the row's also_seen in learning-runs.jsonl; "
            "their count in brackets). CIRR protocol; "
-           "edit top-1 = the target's scene ranked first, by kind of edit.\n\n" + table + "\n")
-    Path(args.out).write_text(doc)
-    print(doc)
+             "edit top-1 = the target's scene ranked first, by kind of edit.")
+    write_section(args.out, "learning-runs", [intro, "", *lines], title="Learning study on the synthetic demo set")
     return 0
 
 
@@ -326,19 +330,27 @@ def main() -> int:
     r.add_argument("--note", default="")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--runs-dir", default=str(ROOT / "runs" / "learning"), help="the run goes to RUNS_DIR/NAME")
+    r.add_argument("--train-queries", type=int, default=TRAIN_QUERIES,
+                   help="training queries scored against their own img_set images")
     r.set_defaults(func=cmd_run)
     rs = sub.add_parser("rescore", help="score existing runs again (their checkpoints in runs/learning/NAME/)")
     rs.add_argument("names", nargs="+")
     rs.add_argument("--checkpoint", help="score this checkpoint instead (one name)")
+    rs.add_argument("--runs-dir", default=str(ROOT / "runs" / "learning"))
     rs.set_defaults(func=cmd_rescore)
     ph = sub.add_parser("phrasings", help="val R@10 / Rs@1 per modification template, checkpoints side by side")
     ph.add_argument("checkpoints", nargs="+", metavar="NAME=CHECKPOINT")
-    ph.add_argument("--out", help="also write the table to this markdown file")
+    ph.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "learning-phrasings.md"),
+                    help="the page whose `learning-phrasings` section this writes")
     ph.set_defaults(func=cmd_phrasings)
-    p = sub.add_parser("report")
+    p = sub.add_parser("report", help="the table of every run (--results), the `learning-runs` section of --out")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "learning.md"))
-    p.add_argument("--intro", type=Path, help="a markdown file with the findings, placed above the table")
     p.set_defaults(func=cmd_report)
+    for q in (r, ph):
+        q.add_argument("--val-root", help="score on this synthetic set's val split instead of the demo set's")
+    for q in (r, rs, p):
+        q.add_argument("--results", default=str(RESULTS), help="the runs' JSON lines")
     args = ap.parse_args()
     return args.func(args)
 

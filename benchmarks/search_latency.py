@@ -3,9 +3,11 @@ brute-force MaxSim over the same stored vectors (the floor), all in one run; and
 search's Recall@10 against exact MaxSim for several oversample factors (which sets the default).
 
     python benchmarks/search_latency.py --bundle BUNDLE --root runs/demo/synth-demo-0 [--sizes 10000 50000]
+        [--queries 200] [--oversample 2 4 8 16] [--out docs/benchmarks/search.md]
 
-Stored items: the synthetic demo set's real images (train + val + test1, embedded with the bundle),
-topped up with random unit token vectors to reach each size. Queries: synthetic val queries.
+Stored items: the synthetic demo set's real images (val + test1 + train, embedded with the bundle, as
+many as the largest size needs), topped up with random unit token vectors to reach each size. Queries:
+synthetic val queries. Writes only its marked section (`search-latency`) of --out.
 """
 
 from __future__ import annotations
@@ -20,19 +22,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name, write_page  # noqa: E402
+from benchmarks.common import cpu_name, recorded_command, write_section  # noqa: E402
+from cirdata.datasets import load_cirr  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.fusion import l2_normalize, maxsim  # noqa: E402
 from plugin import CIRSearch, store  # noqa: E402
-from training.datasets import load_cirr  # noqa: E402
 
 
-def embed_real(enc: Encoder, root: Path) -> tuple[list[str], np.ndarray]:
+def embed_real(enc: Encoder, root: Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
     names, paths = [], []
     for split in ("val", "test1", "train"):
         d = load_cirr(root, split)
         names += list(d.images)
         paths += list(d.images.values())
+    names, paths = names[:limit], paths[:limit]
     tokens = np.concatenate([enc.encode_images(paths[s: s + 256]) for s in range(0, len(paths), 256)])
     return names, tokens
 
@@ -48,13 +51,14 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--oversample", type=int, nargs="+", default=[2, 4, 8, 16])
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search.md"))
     args = ap.parse_args()
     from qdrant_client import QdrantClient
 
-    enc = Encoder(args.bundle, threads=2)
+    enc = Encoder(args.bundle, threads=args.threads)
     t = time.perf_counter()
-    names, real = embed_real(enc, Path(args.root))
+    names, real = embed_real(enc, Path(args.root), max(args.sizes))
     print(f"embedded {len(names)} real images in {time.perf_counter() - t:.0f}s", flush=True)
     val = load_cirr(args.root, "val")
     queries = val.queries[: args.queries]
@@ -66,7 +70,8 @@ def main() -> None:
         tokens = np.concatenate([real[:n_real], extra])
         ids = names[:n_real] + [f"random-{i}" for i in range(size - n_real)]
         client = QdrantClient(":memory:")
-        store.create_collection(client, "bench", enc.spec)
+        # the pooled design's two-stage request is what this page studies (search-edge.md: every design)
+        store.create_collection(client, "bench", enc.spec, design="pooled")
         for s in range(0, size, 1000):
             store.upsert(client, "bench", [store.Item(ids[i], tokens[i], {}) for i in range(s, min(s + 1000, size))])
         search = CIRSearch(client, "bench", encoder=enc)
@@ -105,11 +110,8 @@ def _kw(request) -> dict:
 
 
 def write(path, rows, recall_rows, args, enc) -> None:
-    cpu = cpu_name()
-    lines = ["# Search latency (local mode)", "",
-             f"Command: `python benchmarks/search_latency.py --bundle {args.bundle} --sizes "
-             f"{' '.join(map(str, args.sizes))} --queries {args.queries}`  ",
-             f"Machine: {cpu}; qdrant-client local mode (in-process, exact scoring in Python/numpy). Vectors: "
+    lines = [f"Command: `{recorded_command('search_latency.py')}`  ",
+             f"Machine: {cpu_name()}; qdrant-client local mode (in-process, exact scoring in Python/numpy). Vectors: "
              f"{enc.spec.num_query_tokens} x {enc.spec.embed_dim} per item; {args.queries} synthetic val queries; "
              "milliseconds per query.", "",
              "| items | compose p50 | compose p95 | exact search p50 | p95 | two-stage p50 | p95 | "
@@ -123,8 +125,7 @@ def write(path, rows, recall_rows, args, enc) -> None:
               + " |", "|---" * (len(args.oversample) + 1) + "|"]
     for size, rec in recall_rows:
         lines.append(f"| {size:,} | " + " | ".join(f"{rec[o]:.3f}" for o in args.oversample) + " |")
-    lines.append("")
-    write_page(path, lines)
+    write_section(path, "search-latency", lines, title="Search latency (local mode)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ the synthetic val split), a fixed number in flight, against a server-less setup 
     python benchmarks/service_load.py --workdir runs/demo-quick --size small --requests 500 --concurrency 16
 
 --workdir is a `dqe-cir demo [--quick] --workdir DIR` folder (bundle, qdrant with alias synthetic-val,
-synth-{size}-0). The server runs as its own process (`python -m app serve`); the load stops after
---requests requests or --max-seconds, whichever comes first. Writes docs/benchmarks/service.md.
+synth-{size}-0; `--quick` makes the small set). The server runs as its own process (`python -m app
+serve`); the load stops after --requests requests or --max-seconds, whichever comes first. Writes only
+its marked section (`service-load`) of --out (docs/benchmarks/service.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, load_averages, recorded_command, write_section  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 
@@ -111,7 +112,7 @@ def run_load(port: int, bodies: list[dict], n: int, concurrency: int, max_second
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
+    ms = np.array(latencies or [float("nan")]) * 1000  # every request failed: no latency to report
     done = len(latencies) + sum(errors.values())
     return {"requests": done, "ok": len(latencies), "errors": errors, "seconds": wall,
             "throughput": done / wall, **{f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)},
@@ -137,46 +138,43 @@ def stage_means(before: dict, after: dict) -> dict[str, float]:
             for stage in ("compose", "search")}
 
 
-def busy_note(load_before: str) -> str:
+def busy_note(load_before: str) -> list[str]:
     load = float(load_before.split()[0])
     if load <= (os.cpu_count() or 1):
-        return ""
-    return (f"The machine was shared: a load average of {load:.1f} on {os.cpu_count()} cores before the run "
-            "means other jobs held most of the CPU, so read these numbers as a floor.\n")
+        return []
+    return [f"The machine was shared: a load average of {load:.1f} on {os.cpu_count()} cores before the run "
+            "means other jobs held most of the CPU, so read these numbers as a floor."]
 
 
-def report(args, result: dict, stages: dict, command: str) -> str:
+def report(args, result: dict, stages: dict, command: str) -> list[str]:
+    """The page's section: command, machine, setup, the table and what its columns mean."""
     errors = sum(result["errors"].values())
-    return f"""# Search service under load (`dqe-cir serve`)
-
-Command: `{command}`
-Machine: {cpu_name()}, {os.cpu_count()} cores; one uvicorn worker process (local-mode Qdrant allows one),
-server concurrency {args.server_concurrency} (searches at once); load average before the run {args.load_before}.
-Setup: `dqe-cir demo --quick` (synthetic small val split, {args.points} items, exact MaxSim in local mode),
-the quick demo's fine-tuned bundle on CPU onnxruntime. Load: {result['requests']} `POST /v1/search` requests
-(item id + caption of a val query, k={args.k}, explain={str(args.explain).lower()}), {args.concurrency} in flight,
-keep-alive connections, client and server on the same 2-core machine (the client takes some of the CPU).
-
-| requests | errors | wall s | req/s | p50 ms | p95 ms | p99 ms | max ms | server compose ms | server search ms |
-|---|---|---|---|---|---|---|---|---|---|
-| {result['requests']} | {errors} | {result['seconds']:.1f} | {result['throughput']:.1f} | {result['p50']:.0f} | \
-{result['p95']:.0f} | {result['p99']:.0f} | {result['max']:.0f} | {stages['compose']:.1f} | {stages['search']:.1f} |
-
-Latency is per request as the client sees it: with {args.concurrency} in flight, most of it is waiting for
-a turn; compose and search are the server's mean time per query in each stage (its /metrics histograms).
-{busy_note(args.load_before)}
-## Workers
-
-- One encoder per uvicorn worker process (`dqe-cir serve --workers N`): each loads the bundle's ONNX
-  sessions once. Set `DQE_CIR_THREADS` so that workers x threads is about the number of cores (or one worker
-  per GPU with `DQE_CIR_PROVIDERS=CUDAExecutionProvider`).
-- Local mode (`QDRANT_PATH`, what this run used) is one process: the folder is locked, so `--workers` above
-  1 is refused and the exact search runs in Python. More than one worker, more than one machine, or more
-  than about 20k items (docs/benchmarks/search.md): run a Qdrant server (`QDRANT_URL`, docker-compose's
-  `qdrant`) and scale `api` workers or replicas; each worker keeps its own metrics and /metrics adds them up
-  (PROMETHEUS_MULTIPROC_DIR, set by `dqe-cir serve`).
-- Within a worker, `--concurrency` (default 4) bounds the searches that run at once; the rest queue.
-"""
+    setup = "dqe-cir demo --quick" if args.size == "small" else f"dqe-cir demo --size {args.size}"
+    cores = os.cpu_count()
+    return [
+        f"Command: `{command}`",
+        f"Machine: {cpu_name()}, {cores} cores; one uvicorn worker process (local-mode Qdrant allows one),",
+        f"server concurrency {args.server_concurrency} (searches at once); load average before the run "
+        f"{args.load_before}.",
+        f"Setup: `{setup}` (synthetic {args.size} val split, {args.points} items, exact MaxSim in local mode),",
+        f"the {'quick ' if args.size == 'small' else ''}demo's fine-tuned bundle on CPU onnxruntime. Load: "
+        f"{result['requests']} `POST /v1/search` requests",
+        f"(item id + caption of a val query, k={args.k}, explain={str(args.explain).lower()}), {args.concurrency} in "
+        "flight,",
+        f"keep-alive connections, client and server on the same {cores}-core machine (the client takes some of the "
+        "CPU).",
+        "",
+        "| requests | errors | wall s | req/s | p50 ms | p95 ms | p99 ms | max ms | server compose ms "
+        "| server search ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {result['requests']} | {errors} | {result['seconds']:.1f} | {result['throughput']:.1f} | "
+        f"{result['p50']:.0f} | {result['p95']:.0f} | {result['p99']:.0f} | {result['max']:.0f} | "
+        f"{stages['compose']:.1f} | {stages['search']:.1f} |",
+        "",
+        f"Latency is per request as the client sees it: with {args.concurrency} in flight, most of it is waiting for",
+        "a turn; compose and search are the server's mean time per query in each stage (its /metrics histograms).",
+        *busy_note(args.load_before),
+    ]
 
 
 def main() -> None:
@@ -193,7 +191,7 @@ def main() -> None:
     args = ap.parse_args()
     if not 0 < args.requests <= 100_000 or not 0 < args.concurrency <= 256:
         raise SystemExit("--requests must be in 1..100000 and --concurrency in 1..256")
-    work = Path(args.workdir)
+    work = Path(args.workdir).resolve()  # the server runs from the repository root
     root = work / f"synth-{args.size}-0"
     bodies = [{**q, "k": args.k, "explain": args.explain} for q in queries(root)]
     port = free_port()
@@ -201,7 +199,7 @@ def main() -> None:
            "--qdrant-path", str(work / "qdrant"), "--collection", "synthetic-val", "--catalog-root", str(root),
            "--host", HOST, "--port", str(port),
            "--concurrency", str(args.server_concurrency), "--log-level", "warning"]
-    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.load_before = load_averages()
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         wait_ready(port, proc)
@@ -214,9 +212,8 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     print(json.dumps({**result, "server_ms": stages}, indent=1))
-    command = "python benchmarks/service_load.py " + " ".join(sys.argv[1:])
-    Path(args.out).write_text(report(args, result, stages, command))
-    print(f"wrote {args.out}")
+    write_section(args.out, "service-load", report(args, result, stages, recorded_command("service_load.py")),
+                  title="Search service under load (`dqe-cir serve`)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""TRNS mining, two measurements, each writing its own marked section of docs/benchmarks/trns-mining.md.
+"""TRNS mining, two measurements, each writing its own marked section of docs/benchmarks/trns-mining.md
+(`trns-scale`, `trns-model`); the page's prose outside the markers stays as it is.
 
     python benchmarks/trns_mining.py scale [--queries 28225] [--pool 16939] [--chunk 1024] [--out FILE.md]
     python benchmarks/trns_mining.py model [--start CKPT] [--root DATA] [--out FILE.md]
+
+DATA: a synthetic set, `dqe-cir data synth --out runs/demo/synth-demo-0 --size demo --seed 0` (the default).
 
 scale: CIRR-sized mining in bounded memory: time and peak RSS of the miner's two steps (float32 MaxSim
 of a chunk of queries against the pool, then the chunk's mid-zones) over random unit embeddings of the
@@ -32,11 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name  # noqa: E402
+from benchmarks.common import cpu_name, recorded_command, shown, write_section  # noqa: E402
 from training.model import maxsim_scores  # noqa: E402
 from training.trns import MidZoneConfig, delta_scores, exclusion_mask, mid_zone_negatives, mine_mid_zones  # noqa: E402
 
 PAGE = ROOT / "docs" / "benchmarks" / "trns-mining.md"
+TITLE = "TRNS mining"
 OLD_RULE = {"low": 0.001, "high": 0.01}  # demo-dqe.json before the anchor: quantiles of Delta over the whole pool
 
 
@@ -47,20 +51,6 @@ def peak_rss_gib() -> float:
 def machine() -> str:
     return (f"{cpu_name()}, {torch.get_num_threads()} torch threads, {platform.system()}, torch {torch.__version__}, "
             f"numpy {np.__version__}")
-
-
-def write_section(path: Path, name: str, lines: list[str]) -> None:
-    """Replace this measurement's marked section of the page (or append it): the other section and the
-    prose outside the markers stay as they are."""
-    begin, end = f"<!-- trns_mining.py {name}: begin -->", f"<!-- trns_mining.py {name}: end -->"
-    block = "\n".join([begin, *lines, end])
-    text = path.read_text() if path.is_file() else "# TRNS mining\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-    print(f"wrote {path} ({name})")
 
 
 def cmd_scale(args) -> None:
@@ -104,12 +94,12 @@ def cmd_scale(args) -> None:
             ("members scoring above their target", f"{above} (the first {check:,} queries re-scored)")]
     for k, v in rows:
         print(f"{k:>36}  {v}")
-    command = "python benchmarks/trns_mining.py " + " ".join(sys.argv[1:])
-    write_section(Path(args.out), "scale", [
-        "## CIRR scale, bounded memory", "", f"Command: `{command}`  ", f"Machine: {machine()}.", "",
+    write_section(Path(args.out), "trns-scale", [
+        "## CIRR scale, bounded memory", "", f"Command: `{recorded_command('trns_mining.py')}`  ",
+        f"Machine: {machine()}.", "",
         "Random unit embeddings of the real dims stand in for a model's: the miner's cost does not depend on "
         "their values. Same functions as training (training.model.maxsim_scores, training.trns.mine_mid_zones), "
-        "the reference excluded.", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""])
+        "the reference excluded.", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]], title=TITLE)
 
 
 def old_rule_zones(delta: np.ndarray, excluded: np.ndarray, low: float, high: float) -> list[np.ndarray]:
@@ -121,7 +111,7 @@ def old_rule_zones(delta: np.ndarray, excluded: np.ndarray, low: float, high: fl
 
 def cmd_model(args) -> None:
     from benchmarks.ablation import MIDZONE
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
     from training.evaluate import compose_queries, encode_gallery
     from training.train import load_checkpoint
 
@@ -158,13 +148,12 @@ def cmd_model(args) -> None:
         lines.append(f"| {name} | {np.mean(st['size']):.0f} | {100 * st['above'] / max(1, st['members']):.1f}% | "
                      f"{100 * st['twin'] / n:.1f}% |")
     print("\n".join(lines))
-    command = "python benchmarks/trns_mining.py " + " ".join(sys.argv[1:])
-    write_section(Path(args.out), "model", [
-        "## What the zones hold on a trained model", "", f"Command: `{command}`  ",
+    write_section(Path(args.out), "trns-model", [
+        "## What the zones hold on a trained model", "", f"Command: `{recorded_command('trns_mining.py')}`  ",
         f"Machine: {machine()}; {seconds:.0f} s.  ",
-        f"Model: `{Path(args.start).name}` (sub-queries normalised); {n:,} training queries of `{args.root}` "
+        f"Model: `{Path(args.start).name}` (sub-queries normalised); {n:,} training queries of `{shown(args.root)}` "
         f"against every one of its {len(data.names):,} training images (the target, the reference and the "
-        "target's scene never count).", "", *lines, ""])
+        "target's scene never count).", "", *lines], title=TITLE)
 
 
 def main() -> None:

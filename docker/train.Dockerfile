@@ -9,6 +9,7 @@ COPY app ./app
 COPY encoder ./encoder
 COPY indexer ./indexer
 COPY plugin ./plugin
+COPY cirdata ./cirdata
 COPY training ./training
 COPY scripts ./scripts
 COPY models ./models

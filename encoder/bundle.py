@@ -43,7 +43,7 @@ class BundleSpec:
     std: list[float]
     max_text_len: int
     opset: int
-    precision: str = "fp32"  # fp32 | fp16
+    precision: str = "fp32"  # fp32 | fp16 | int8 (training/export.py: the ONNX files' numbers)
     attributes: list[str] = field(default_factory=lambda: list(DEFAULT_ATTRIBUTES))
     attribute_weights: str = "sigmoid"  # how the model produces its weights (off | global | sigmoid | softmax)
     source: dict = field(default_factory=dict)  # where it came from: checkpoint, preset...

@@ -13,16 +13,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from indexer.errors import IndexerError
-from plugin.fetch import FetchError, fetch_url
+from plugin.fetch import MAX_BYTES, TIMEOUT, FetchError, fetch_url
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-MAX_DOWNLOAD_BYTES = 20_000_000
+T = TypeVar("T")
+DEFAULT_CHUNK_SIZE = 32  # items per chunk: one task of a Celery job, one fed batch of an in-process one
 
 
 @dataclass
@@ -49,16 +51,7 @@ class Catalog:
 
     def chunks(self, size: int) -> Iterator[list[CatalogItem]]:
         """The items in order, `size` at a time (the same chunks on every pass)."""
-        if size < 1:
-            raise IndexerError(f"chunk size must be at least 1, not {size}")
-        chunk: list[CatalogItem] = []
-        for item in self.items():
-            chunk.append(item)
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+        return chunked(self.items(), size)
 
 
 def open_catalog(source: str | Path) -> Catalog:
@@ -126,6 +119,20 @@ def _item(rec, path: Path, line: int) -> CatalogItem:
     return CatalogItem(str(rec["id"]), str(rec["uri"]), payload)
 
 
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in order, `size` at a time (the last chunk may be shorter)."""
+    if size < 1:
+        raise IndexerError(f"chunk size must be at least 1, not {size}")
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def item_fingerprint(item: CatalogItem, content: bytes) -> str:
     """What decides whether an item changed: its image bytes and its payload."""
     h = hashlib.sha256(content)
@@ -133,8 +140,8 @@ def item_fingerprint(item: CatalogItem, content: bytes) -> str:
     return h.hexdigest()[:32]
 
 
-def fetch_bytes(item: CatalogItem, root: Path, allow_http: bool = False, max_bytes: int = MAX_DOWNLOAD_BYTES,
-                timeout: float = 20.0) -> bytes:
+def fetch_bytes(item: CatalogItem, root: Path, allow_http: bool = False, max_bytes: int = MAX_BYTES,
+                timeout: float = TIMEOUT) -> bytes:
     """The item's image bytes, under the rules above. Raises IndexerError with the reason."""
     parsed = urlparse(item.uri)
     if parsed.scheme in ("http", "https"):

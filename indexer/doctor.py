@@ -69,8 +69,10 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
             checks.append(Check("collection", False, str(e), f"dqe-cir index --catalog SRC --collection {collection}"))
             return checks
         target = store.alias_target(client, collection)
-        detail = (f"{collection!r}{f' -> {target}' if target else ''}: {meta['points']} points, fingerprint "
-                  f"{meta['fingerprint']}, build state {meta.get('state') or 'none (made before build states)'}")
+        points = f" ({meta['points']} points)" if meta["points"] != meta["items"] else ""
+        detail = (f"{collection!r}{f' -> {target}' if target else ''}: {meta['items']} items{points}, fingerprint "
+                  f"{meta['fingerprint']}, build state {meta.get('state') or 'none (made before build states)'}, "
+                  f"{design_detail(meta)}")
         if spec is not None and meta["fingerprint"] != spec.fingerprint:
             checks.append(Check("collection", False, detail + f" but the bundle is {spec.fingerprint}",
                                 "re-index with this bundle (dqe-cir index), or point DQE_CIR_BUNDLE at the bundle "
@@ -80,6 +82,19 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
     finally:
         client.close()  # a local-mode folder is locked while open
     return checks
+
+
+def design_detail(meta: dict) -> str:
+    """Which first-stage design the collection uses, its HNSW settings, and whether a re-index would change it
+    (a re-index creates the new version with store.DEFAULT_DESIGN)."""
+    from plugin import store
+
+    design = store.design_from(meta)
+    params = ", ".join(f"{k} {v}" for k, v in design.to_meta().get("design_params", {}).items())
+    text = f"design {design.name}{f' ({params})' if params else ''}"
+    if design.name != store.DEFAULT_DESIGN:
+        text += f"; the default is now {store.DEFAULT_DESIGN}: a full re-index (dqe-cir index) moves it there"
+    return text
 
 
 def check_version(where: str, version: str, server: bool) -> Check:

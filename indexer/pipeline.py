@@ -177,7 +177,3 @@ def fed_batches(encoder: Encoder, batches: Iterable[Sequence[CatalogItem]], root
         pool.shutdown(wait=False, cancel_futures=True)
         writer.close()
 
-
-def batched(items: Sequence[CatalogItem], size: int) -> Iterator[Sequence[CatalogItem]]:
-    for s in range(0, len(items), max(1, size)):
-        yield items[s: s + size]

@@ -14,6 +14,7 @@ DQE_CIR_VISIBILITY_TIMEOUT  2 x the task time limit   Redis visibility timeout: 
 DQE_CIR_QUEUE               dqe-cir                   Celery queue the chunk tasks go to
 DQE_CIR_PROVIDERS           (best available)          onnxruntime providers, comma-separated
 DQE_CIR_THREADS             (onnxruntime default)     intra-op threads per worker process
+DQE_CIR_PRELOAD             1                         0: a worker loads the bundle at its first task, not at start
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from dataclasses import dataclass, replace
 
 ENV_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DQE_CIR_REDIS_URL", "QDRANT_URL", "QDRANT_API_KEY",
             "QDRANT_PATH", "DQE_CIR_BUNDLE", "DQE_CIR_CATALOG_ROOT", "DQE_CIR_ALLOW_HTTP", "DQE_CIR_TASK_TIME_LIMIT",
-            "DQE_CIR_VISIBILITY_TIMEOUT", "DQE_CIR_QUEUE", "DQE_CIR_PROVIDERS", "DQE_CIR_THREADS")
+            "DQE_CIR_VISIBILITY_TIMEOUT", "DQE_CIR_QUEUE", "DQE_CIR_PROVIDERS", "DQE_CIR_THREADS",
+            "DQE_CIR_PRELOAD")
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 

@@ -25,9 +25,9 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 
 from encoder import Encoder
 from indexer import ledger
-from indexer.catalog import CatalogItem
+from indexer.catalog import CatalogItem, chunked
 from indexer.celery import app, settings
-from indexer.pipeline import ChunkResult, batched, fed_batches
+from indexer.pipeline import ChunkResult, fed_batches
 from indexer.settings import qdrant_client
 from plugin import store
 
@@ -131,7 +131,7 @@ def _embed_and_write(collection: str, items: list[CatalogItem], root: Path, incr
     with task_client() as client:
         store.check_fingerprint(client, collection, enc.fingerprint)
         known = (lambda ids: store.content_hashes(client, collection, ids)) if incremental else None
-        for _, part in fed_batches(enc, batched(items, TASK_BATCH), root,
+        for _, part in fed_batches(enc, chunked(items, TASK_BATCH), root,
                                    lambda good: store.upsert(client, collection, good), known, settings.allow_http):
             result.extend(part)
     return result

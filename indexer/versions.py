@@ -50,16 +50,17 @@ def state(client: QdrantClient, name: str) -> str | None:
 
 
 def new_version(client: QdrantClient, alias: str, spec: BundleSpec, payload_indexes: dict | None = None,
-                storage: str = "fp32") -> str:
+                storage: str = "fp32", design: str | None = None) -> str:
     """Create the next version of `alias` (state building) and return its name, which sorts after every
-    existing version, also when one was deleted within the same second."""
+    existing version, also when one was deleted within the same second. `design`: its first-stage layout
+    (plugin/designs.py; default plugin.store.DEFAULT_DESIGN, so a re-index moves an alias to the default)."""
     stamp, n = time.strftime("%Y%m%d%H%M%S", time.gmtime()), 0
     keys = [version_key(alias, c) for c in store.collections(client)]
     latest = max((k for k in keys if k is not None), default=None)
     if latest is not None and latest[0] >= stamp:  # same second (or a clock behind): still sorts newest
         stamp, n = latest[0], latest[1] + 1
     name = f"{alias}__{stamp}" + (f"-{n}" if n else "")
-    store.create_collection(client, name, spec, payload_indexes, storage)
+    store.create_collection(client, name, spec, payload_indexes, storage, design)
     return name
 
 

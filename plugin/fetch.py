@@ -20,7 +20,7 @@ import time
 
 import httpx
 
-from plugin.errors import SearchError
+from plugin.errors import BadQuery
 
 MAX_BYTES = 20_000_000
 TIMEOUT = 20.0  # seconds for the whole fetch
@@ -30,7 +30,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _CLIENT: tuple[int, httpx.Client] | None = None
 
 
-class FetchError(SearchError):
+class FetchError(BadQuery):
     """A URL that was refused or could not be fetched; the message says which and why."""
 
 

@@ -13,10 +13,16 @@ have passed (and at once when a query on the old target fails, e.g. a pruned ver
 indexed with the same bundle is simply followed; one indexed with another bundle raises SearchError
 naming both fingerprints: results from two embedding spaces are never mixed. Queries go to the
 concrete collection that was checked, never to the alias itself.
+
+The request follows the collection's design (plugin/designs.py, read from its metadata): pooled sends the
+two-stage request (HNSW prefetch on `pooled`, MaxSim on `tokens`), multivector one HNSW query on `tokens`
+with the one-vector multivector [q], token a grouped query on `token` (group by item_id, group size 1: each
+item's best token, its MaxSim score). A version switch to another design is followed like any other.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,8 +34,16 @@ from qdrant_client import QdrantClient, models
 
 from encoder import ComposeOutput, Encoder, EncoderError
 from encoder.fusion import l2_normalize
-from plugin import store
-from plugin.errors import SearchError
+from plugin import designs, store
+from plugin.errors import (
+    BackendUnavailable,
+    BadFilter,
+    BadQuery,
+    BundleMismatch,
+    ItemNotFound,
+    SearchError,
+    bundle_mismatch,
+)
 from plugin.fetch import FetchError, fetch_url
 
 # docs/benchmarks/search-edge.md (Qdrant's engine, 100k items): the smallest oversample with Recall@10 vs exact
@@ -40,7 +54,10 @@ REFRESH_SECONDS = 5.0  # how long a searcher trusts its alias's target before lo
 # int8 collections (scalar quantisation): MaxSim on the int8 codes lost recall (Recall@10 0.865 at 100k even for
 # exact search, docs/benchmarks/search-edge.md); rescoring the codes' top k x 4 with the fp32 originals gave 1.000.
 INT8_RESCORE_OVERSAMPLING = 4.0
+GROUP_BY = "item_id"  # token design: the payload field that gathers an item's token points
 
+# A payload field a {field: value} filter may name: plain or nested keys ("brand", "meta.size", "tags[]").
+FIELD_NAME = re.compile(r"[A-Za-z0-9_\-]+(\[\])?(\.[A-Za-z0-9_\-]+(\[\])?)*")
 
 @dataclass(frozen=True)
 class ItemRef:
@@ -64,16 +81,24 @@ def to_filter(spec) -> models.Filter | None:
     if spec is None or isinstance(spec, models.Filter):
         return spec
     if not isinstance(spec, dict):
-        raise SearchError(f"filter must be a qdrant_client Filter or a dict, got {type(spec).__name__}")
+        raise BadFilter(f"filter must be a qdrant_client Filter or a dict, got {type(spec).__name__}")
     must = []
     for key, value in spec.items():
+        if not isinstance(key, str) or not FIELD_NAME.fullmatch(key):
+            raise BadFilter(f"filter field {key!r} is not a payload field name (letters, digits, '_' and '-', nested "
+                            "with '.'); operators such as '$where' are not supported: a filter is {field: value or "
+                            "[values]} (use a qdrant_client Filter for more)")
         if isinstance(value, (list, tuple, set)):
-            match = models.MatchAny(any=list(value))
+            values = list(value)
+            if not values or not (all(isinstance(v, str) for v in values)
+                                  or all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
+                raise BadFilter(f"filter value for {key!r} must be a non-empty list of strings or of integers")
+            match = models.MatchAny(any=values)
         elif isinstance(value, (str, int, bool)):
             match = models.MatchValue(value=value)
         else:
-            raise SearchError(f"filter value for {key!r} must be a string, integer, bool or a list of them; "
-                              f"got {type(value).__name__} (use a qdrant_client Filter for ranges)")
+            raise BadFilter(f"filter value for {key!r} must be a string, integer, bool or a list of them; "
+                            f"got {type(value).__name__} (use a qdrant_client Filter for ranges)")
         must.append(models.FieldCondition(key=key, match=match))
     return models.Filter(must=must)
 
@@ -82,19 +107,23 @@ class CIRSearch:
     def __init__(self, client: QdrantClient, collection: str = "catalog", bundle=None, encoder: Encoder | None = None,
                  oversample: int = DEFAULT_OVERSAMPLE, exact_below: int = EXACT_BELOW, catalog_root=None,
                  allow_http: bool = False, refresh_seconds: float = REFRESH_SECONDS,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, hnsw_ef: int | None = None):
         """`collection`: an alias (followed, see above) or a collection name. `allow_http`: an ItemRef whose
-        stored uri is http(s) is fetched (public hosts only, see plugin.fetch)."""
+        stored uri is http(s) is fetched (public hosts only, see plugin.fetch). `hnsw_ef`: the HNSW beam of
+        the searched graph, instead of the one the collection's design records (pooled: the prefetch's)."""
         if encoder is None and bundle is None:
             raise SearchError("pass bundle=PATH (the model bundle the collection was indexed with) or encoder=")
         self.client, self.collection = client, collection
         try:
             self.encoder = encoder or Encoder(bundle)
-        except EncoderError as e:
+        except EncoderError as e:  # a missing or damaged bundle: the deployment's problem, not the query's
             raise SearchError(str(e)) from e
         self.oversample, self.exact_below = oversample, exact_below
         self.catalog_root, self.allow_http = catalog_root, allow_http
         self.refresh_seconds, self._clock = refresh_seconds, clock
+        if hnsw_ef is not None and (not isinstance(hnsw_ef, int) or hnsw_ef < 1):
+            raise BadQuery(f"hnsw_ef must be a positive integer or None, got {hnsw_ef!r}")
+        self.hnsw_ef = hnsw_ef
         self.target: str | None = None  # the concrete collection queries go to
         self.meta: dict = {}
         self._checked_at = 0.0
@@ -107,20 +136,15 @@ class CIRSearch:
         if not force and self.target is not None and self._clock() - self._checked_at < self.refresh_seconds:
             return self.target
         target = store.aliases(self.client).get(self.collection, self.collection)
-        try:
-            meta = store.collection_info(self.client, target)
-        except store.StoreError as e:
-            raise SearchError(str(e)) from e
+        meta = store.collection_info(self.client, target)  # CollectionUnusable is a SearchError too
         if meta["fingerprint"] != self.encoder.fingerprint:
             if self.target is None:
-                raise SearchError(f"collection {self.collection!r} ({target}) was indexed with bundle "
-                                  f"{meta['fingerprint']}, but this bundle is {self.encoder.fingerprint}: embeddings "
-                                  "would not be comparable. Re-index with this bundle, or load the bundle the "
-                                  "collection was built with")
-            raise SearchError(f"alias {self.collection!r} moved from {self.target} (bundle {self.meta['fingerprint']}) "
-                              f"to {target}, indexed with bundle {meta['fingerprint']}; this searcher's bundle is "
-                              f"{self.encoder.fingerprint}, so it stops rather than mix the two. Create a new "
-                              "CIRSearch with the new bundle (or roll the alias back: dqe-cir index --rollback)")
+                raise bundle_mismatch(f"{self.collection!r} ({target})", meta["fingerprint"], self.encoder.fingerprint)
+            raise BundleMismatch(
+                f"alias {self.collection!r} moved from {self.target} (bundle {self.meta['fingerprint']}) to {target}, "
+                f"indexed with bundle {meta['fingerprint']}; this searcher's bundle is {self.encoder.fingerprint}, so "
+                "it stops rather than mix the two. Create a new CIRSearch with the new bundle (or roll the alias "
+                "back: dqe-cir index --rollback)")
         self.target, self.meta, self._checked_at = target, meta, self._clock()
         return target
 
@@ -131,12 +155,16 @@ class CIRSearch:
         try:
             return call(target)
         except Exception as first:  # qdrant-client raises several types (HTTP, gRPC, ValueError in local mode)
+            if isinstance(first, SearchError):
+                raise
             if self.follow(force=True) == target:
-                raise SearchError(f"query on {self.collection!r} ({target}) failed: {first}") from first
+                raise BackendUnavailable(f"query on {self.collection!r} ({target}) failed: {first}") from first
             try:
                 return call(self.target)
+            except SearchError:
+                raise
             except Exception as e:
-                raise SearchError(f"query on {self.collection!r} ({self.target}) failed: {e}") from e
+                raise BackendUnavailable(f"query on {self.collection!r} ({self.target}) failed: {e}") from e
 
     # -- inputs ---------------------------------------------------------------------------------
     def _resolve_image(self, image):
@@ -145,18 +173,18 @@ class CIRSearch:
         pid = store.point_id(image.item_id)
         points = self._on_target(lambda name: self.client.retrieve(name, [pid], with_payload=True))
         if not points:
-            raise SearchError(f"catalog item {image.item_id!r} is not in collection {self.collection!r}")
+            raise ItemNotFound(f"catalog item {image.item_id!r} is not in collection {self.collection!r}")
         uri = (points[0].payload or {}).get("uri")
         if not uri:
-            raise SearchError(f"catalog item {image.item_id!r} has no stored uri to read the image from")
+            raise BadQuery(f"catalog item {image.item_id!r} has no stored uri to read the image from")
         if uri.startswith(("http://", "https://")):
             if not self.allow_http:
-                raise SearchError(f"catalog item {image.item_id!r} is at {uri}; fetching http(s) is off: pass "
+                raise BadQuery(f"catalog item {image.item_id!r} is at {uri}; fetching http(s) is off: pass "
                                   "CIRSearch(..., allow_http=True) (DQE_CIR_ALLOW_HTTP=1 for dqe-cir search)")
             try:
                 return fetch_url(uri), image.item_id
             except FetchError as e:
-                raise SearchError(f"catalog item {image.item_id!r}: {e}") from e
+                raise BadQuery(f"catalog item {image.item_id!r}: {e}") from e
         path = Path(uri)
         if not path.is_absolute() and self.catalog_root is not None:
             path = Path(self.catalog_root) / path
@@ -166,8 +194,8 @@ class CIRSearch:
         resolved = [self._resolve_image(img) for img in images]
         try:
             parts = self.encoder.compose([r[0] for r in resolved], list(texts))
-        except EncoderError as e:
-            raise SearchError(str(e)) from e
+        except EncoderError as e:  # an unreadable image, an empty text
+            raise BadQuery(str(e)) from e
         return parts, [r[1] for r in resolved]
 
     # -- queries --------------------------------------------------------------------------------
@@ -181,56 +209,107 @@ class CIRSearch:
                     weights: dict | None = None, exact: bool | None = None, oversample: int | None = None,
                     exclude_reference: bool = True, explain: bool = False) -> list[list[Hit]]:
         if not isinstance(k, int) or k <= 0:
-            raise SearchError(f"k must be a positive integer, got {k!r}")
+            raise BadQuery(f"k must be a positive integer, got {k!r}")
         if len(images) != len(texts):
-            raise SearchError(f"{len(images)} images but {len(texts)} texts")
+            raise BadQuery(f"{len(images)} images but {len(texts)} texts")
         base_filter = to_filter(filter)
         parts, refs = self.compose(images, texts)
         try:
             w = parts.weights_used(weights)
-        except EncoderError as e:
-            raise SearchError(str(e)) from e
+        except EncoderError as e:  # a weight name the bundle does not have
+            raise BadQuery(str(e)) from e
         q = parts.fused(weights)
         names = parts.attributes
         over = oversample or self.oversample
-        self.follow()
-        if exact is None:
-            exact = self.meta["points"] < self.exact_below
-        int8 = self.meta.get("storage") == "int8"
-        requests = []
-        for i in range(len(texts)):
-            flt = base_filter
-            if exclude_reference and refs[i] is not None:
-                flt = models.Filter(must=[flt] if flt else None,
-                                    must_not=[models.HasIdCondition(has_id=[store.point_id(refs[i])])])
-            requests.append(self._request(q[i], k, flt, exact, over, explain, int8))
-        with warnings.catch_warnings():  # local mode searches exactly and says the int8 params do nothing
-            warnings.filterwarnings("ignore", message="Local mode performs exact")
-            responses = self._on_target(lambda name: self.client.query_batch_points(name, requests=requests))
+        found = self._on_target(lambda name: self._search(name, q, refs, base_filter, k, exact, over,
+                                                          exclude_reference, explain))
         out = []
         attr = l2_normalize(parts.q_attrs)  # [B, A, D]: each attribute's own score in the breakdown
-        for i, resp in enumerate(responses):
-            hits = []
-            for p in resp.points:
+        for i, hits in enumerate(found):
+            row = []
+            for payload, score, tokens in hits:
                 breakdown = {}
                 if explain:
-                    tokens = np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32)
                     breakdown = {"base": float((tokens @ parts.q_base[i]).max()),
                                  **{a: float((tokens @ attr[i, j]).max()) for j, a in enumerate(names)}}
-                payload = dict(p.payload or {})
-                hits.append(Hit(id=payload.get("item_id", str(p.id)), score=float(p.score), payload=payload,
-                                breakdown=breakdown, weights=dict(zip(names, map(float, w[i]), strict=True))))
-            out.append(hits)
+                row.append(Hit(id=payload.get("item_id", ""), score=score, payload=payload, breakdown=breakdown,
+                               weights=dict(zip(names, map(float, w[i]), strict=True))))
+            out.append(row)
         return out
 
-    def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int,
-                 explain: bool = False, int8: bool = False) -> models.QueryRequest:
-        """Exact MaxSim on `tokens`, or the two-stage request (HNSW prefetch of k x oversample on `pooled`,
-        MaxSim on `tokens`). On an int8 collection the MaxSim stage takes the top k x 4 by the int8 codes
-        and re-scores them with the fp32 originals, and the prefetch re-scores its candidates on `pooled`
-        (originals in RAM): without it Qdrant scores on the codes alone."""
+    def _search(self, name: str, q: np.ndarray, refs: list[str | None], base_filter, k: int, exact: bool | None,
+                oversample: int, exclude_reference: bool, explain: bool) -> list[list[tuple[dict, float, object]]]:
+        """(payload, score, tokens [Q, D] or None) of each query's hits in collection `name`, whose metadata
+        `follow` has just read into self.meta (also after a retry on a moved alias: the design is the target's)."""
+        design = store.design_from(self.meta, name)
+        if exact is None:
+            exact = self.meta["items"] < self.exact_below
+        int8 = self.meta.get("storage") == "int8"
+        filters = []
+        for ref in refs:
+            flt = base_filter
+            if exclude_reference and ref is not None:
+                flt = models.Filter(must=[flt] if flt else None, must_not=[designs.not_this_item(design, ref)])
+            filters.append(flt)
+        with warnings.catch_warnings():  # local mode searches exactly and says the int8 params do nothing
+            warnings.filterwarnings("ignore", message="Local mode performs exact")
+            if design.name == designs.TOKEN:
+                return self._search_tokens(name, design, q, filters, k, exact, explain, int8)
+            requests = [self._request(q[i], k, filters[i], exact, oversample, explain, int8, design)
+                        for i in range(len(q))]
+            responses = self.client.query_batch_points(name, requests=requests)
+        return [[(store.public_payload(p.payload), float(p.score),
+                  np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32) if explain else None)
+                 for p in resp.points] for resp in responses]
+
+    def _search_tokens(self, name: str, design: designs.Design, q: np.ndarray, filters: list, k: int, exact: bool,
+                       explain: bool, int8: bool) -> list[list[tuple[dict, float, object]]]:
+        """The token design: one grouped query per composed query (Qdrant has no batch of grouped queries).
+        With explain, the hits' token vectors come from a second call (a group's hit is one token only)."""
+        params = self._search_params(design, exact, int8)
+        found = []
+        for i in range(len(q)):
+            res = self.client.query_points_groups(name, group_by=GROUP_BY, query=q[i].astype(np.float32).tolist(),
+                                                  using=designs.TOKEN_VECTOR, query_filter=filters[i],
+                                                  search_params=params, limit=k, group_size=1, with_payload=True)
+            found.append([(store.public_payload(g.hits[0].payload), float(g.hits[0].score), None)
+                          for g in res.groups if g.hits])
+        if not explain:
+            return found
+        tokens = self._item_tokens(name, {p["item_id"] for hits in found for p, _, _ in hits})
+        return [[(p, score, tokens[p["item_id"]]) for p, score, _ in hits] for hits in found]
+
+    def _item_tokens(self, name: str, item_ids: set[str]) -> dict[str, np.ndarray]:
+        """Token design: item id -> its [Q, D] token vectors, read from its Q token points."""
+        n = int(self.meta["num_query_tokens"])
+        ids = [designs.token_point_id(i, j) for i in sorted(item_ids) for j in range(n)]
+        points = self.client.retrieve(name, ids, with_payload=["item_id", designs.TOKEN_INDEX],
+                                      with_vectors=[designs.TOKEN_VECTOR])
+        out = {i: np.zeros((n, int(self.meta["embed_dim"])), np.float32) for i in item_ids}
+        for p in points:
+            vec = p.vector.get(designs.TOKEN_VECTOR) if isinstance(p.vector, dict) else p.vector
+            out[p.payload["item_id"]][p.payload[designs.TOKEN_INDEX]] = vec
+        return out
+
+    def _search_params(self, design: designs.Design, exact: bool, int8: bool) -> models.SearchParams | None:
+        """The params of the query that searches the design's graph (multivector, token): the HNSW beam, exact
+        search when asked, and on int8 the codes' top x 4 re-scored with the fp32 originals."""
+        quant = models.QuantizationSearchParams(rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING) if int8 else None
+        return models.SearchParams(hnsw_ef=self.hnsw_ef or design.hnsw_ef, exact=exact, quantization=quant)
+
+    def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int, explain: bool = False,
+                 int8: bool = False, design: designs.Design | None = None) -> models.QueryRequest:
+        """The query of a one-point-per-item design. Multivector: [q] on `tokens`' graph (MaxSim of one query
+        vector is our score). Pooled (design None, too): exact MaxSim on `tokens`, or the two-stage request (HNSW
+        prefetch of k x oversample on `pooled`, with the design's or the searcher's hnsw_ef, MaxSim on
+        `tokens`); on an int8 collection the MaxSim stage takes the top k x 4 by the int8 codes and re-scores
+        them with the fp32 originals, and the prefetch re-scores its candidates on `pooled` (originals in RAM):
+        without it Qdrant scores on the codes alone."""
         vec = q.astype(np.float32).tolist()
         vectors = [store.TOKENS] if explain else False  # the breakdown needs the hits' token vectors
+        if design is not None and design.name == designs.MULTIVECTOR:
+            return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
+                                       with_vector=vectors, params=self._search_params(design, exact, int8))
         maxsim_params = prefetch_params = None
         if int8:
             maxsim_params = models.SearchParams(quantization=models.QuantizationSearchParams(
@@ -239,6 +318,10 @@ class CIRSearch:
         if exact:
             return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
                                        with_vector=vectors, params=maxsim_params)
+        ef = self.hnsw_ef or (design.hnsw_ef if design is not None else None)
+        if ef:
+            rescore = prefetch_params.quantization if prefetch_params else None
+            prefetch_params = models.SearchParams(hnsw_ef=ef, quantization=rescore)
         prefetch = models.Prefetch(query=vec, using=store.POOLED, filter=flt, limit=k * max(1, oversample),
                                    params=prefetch_params)
         return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,

@@ -1,20 +1,25 @@
 """All Qdrant access: the collection schema, writes, queries, aliases and the fingerprint check.
 
 The indexer and the search plugin both go through here, so another engine can slot in behind the
-same functions. Schema (ARCHITECTURE.md):
-  vectors  tokens: multivector [Q x D], MAX_SIM over dot products (tokens and queries are unit vectors),
-                   no HNSW graph (it is only re-scored, never searched on its own)
-           pooled: [D], cosine, HNSW: the prefetch stage
+same functions. Schema (ARCHITECTURE.md), by the collection's design (plugin/designs.py):
+  pooled       tokens: multivector [Q x D], MAX_SIM over dot products, no HNSW graph (only re-scored);
+               pooled: [D], cosine, HNSW: the prefetch stage. One point per item.
+  multivector  tokens: multivector [Q x D], MAX_SIM, HNSW (m > 0): searched directly. One point per item.
+  token        token: [D], dot product, HNSW; one point per token, payload + "token_index".
   payload  the item's payload + "item_id" + "uri" (+ "content_hash" for incremental re-index)
   metadata {"dqe_cir": {"fingerprint", "embed_dim", "num_query_tokens", "format_version", "storage", "state",
-                       "created"}}
+                       "created", "design", "design_params"}}
            storage: fp32 | fp16 | int8 (what searches need to know: int8 asks for rescoring); collections
            made before it was recorded have it read from the collection config (storage_of)
            state: building (being filled), complete (count checked; the only state an alias moves to or
            rolls back to), failed (a refused build kept with --keep-failed); none on collections made
            before states existed
-  point id uuid5(NAMESPACE, item_id): a redelivered task overwrites instead of duplicating.
+           design: pooled | multivector | token, design_params: {"m", "ef_construct", "hnsw_ef"} (those
+           set); no "design" = pooled (collections made before designs existed keep working)
+  point id uuid5(NAMESPACE, item_id): a redelivered task overwrites instead of duplicating. Token design:
+           token 0 has that id (so a fetch by item id finds the payload), token j > 0 uuid5(TOKEN_NAMESPACE).
 
+Item-level operations (delete, count, content hashes, scroll) address items, whatever the design.
 Collection metadata arrived in Qdrant 1.16 (server, client and local mode): MIN_QDRANT is the oldest
 version that works, TESTED_QDRANT the minor version the extras and docker-compose.yml pin.
 """
@@ -22,7 +27,6 @@ version that works, TESTED_QDRANT the minor version the extras and docker-compos
 from __future__ import annotations
 
 import time
-import uuid
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,11 +35,27 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 
 from encoder.bundle import BundleSpec
-from encoder.fusion import pooled
+from plugin import designs
+from plugin.designs import (  # noqa: F401  NAMESPACE, bytes_per_item, point_id: callers keep using store.X
+    NAMESPACE,
+    TOKEN_INDEX,
+    TOKENS,
+    Design,
+    bytes_per_item,
+    point_id,
+)
+from plugin.errors import CollectionUnusable, StoreError, bundle_mismatch
 
-NAMESPACE = uuid.UUID("6f1c2b1e-2f43-4d8e-9a51-5d0c3c1f7a10")
-TOKENS, POOLED = "tokens", "pooled"
+POOLED = designs.POOLED_VECTOR  # the vector's name (the design of that name is designs.POOLED)
 META_KEY = "dqe_cir"
+# The design new collections get (a re-index moves an alias to it). Chosen from docs/benchmarks/search-edge.md:
+# "pooled" until the design table there has numbers at 100k items.
+# From docs/benchmarks/search-edge.md (qdrant-edge, the demo model's embeddings, 100,000 items): multivector at
+# hnsw_ef 256 keeps Recall@10 0.9995 against exact MaxSim at a p50 of 1.33 ms, where pooled two-stage at its
+# default oversample 32 gives 0.977 at 2.98 ms, with fewer bytes per item; it also searches 1.5x faster than
+# pooled in local mode. The token design holds recall best (1.000 at ef 128) but builds 6x slower and is
+# unusable in local mode (one grouped query scans every token point there): an option, not the default.
+DEFAULT_DESIGN = designs.MULTIVECTOR
 PAYLOAD_TYPES = {
     "keyword": models.PayloadSchemaType.KEYWORD,
     "integer": models.PayloadSchemaType.INTEGER,
@@ -51,14 +71,6 @@ TESTED_QDRANT = (1, 20)
 BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
 
 
-class StoreError(Exception):
-    """A Qdrant-side problem: missing collection, schema or fingerprint mismatch, an old Qdrant."""
-
-
-def point_id(item_id: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, str(item_id)))
-
-
 @dataclass
 class Item:
     item_id: str
@@ -69,42 +81,31 @@ class Item:
 STORAGE = ("fp32", "fp16", "int8")
 
 
-def bytes_per_item(num_query_tokens: int, embed_dim: int, storage: str = "fp32") -> int:
-    """Vector bytes one catalog image takes in RAM: Q token vectors + the pooled vector. int8 is
-    Qdrant's scalar quantisation: 1 byte a dimension in RAM (the fp32 originals stay on disk)."""
-    per_value = {"fp32": 4, "fp16": 2, "int8": 1}[storage]
-    return (num_query_tokens + 1) * embed_dim * per_value
-
-
 def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
-                      payload_indexes: dict[str, str] | None = None, storage: str = "fp32") -> None:
+                      payload_indexes: dict[str, str] | None = None, storage: str = "fp32",
+                      design: str | Design | None = None) -> None:
     """A new collection for this bundle; `payload_indexes` maps payload field -> type for filtering;
-    `storage`: fp32, fp16 (half the RAM) or int8 (scalar quantisation, originals on disk)."""
+    `storage`: fp32, fp16 (half the RAM) or int8 (scalar quantisation, originals on disk); `design`: a name
+    (with its defaults) or a Design, None for DEFAULT_DESIGN (read now, so a re-index follows a new default)."""
     if storage not in STORAGE:
         raise StoreError(f"storage must be one of {STORAGE}, not {storage!r}")
-    indexes = {"item_id": "keyword", **(payload_indexes or {})}
+    chosen = checked_design(DEFAULT_DESIGN if design is None else design)
+    indexes = {**designs.bookkeeping_indexes(chosen), **(payload_indexes or {})}
     for field, kind in indexes.items():  # before anything exists: a bad type leaves no orphan behind
         if kind not in PAYLOAD_TYPES:
             raise StoreError(f"unknown payload index type {kind!r} for {field!r}; use one of {sorted(PAYLOAD_TYPES)}")
     if client.collection_exists(name):
         raise StoreError(f"collection {name!r} already exists")
     d = spec.embed_dim
-    dtype = models.Datatype.FLOAT16 if storage == "fp16" else None
     quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
         type=models.ScalarType.INT8, always_ram=True)) if storage == "int8" else None
     client.create_collection(
         name,
-        vectors_config={
-            TOKENS: models.VectorParams(size=d, distance=models.Distance.DOT, datatype=dtype,
-                                        multivector_config=models.MultiVectorConfig(
-                                            comparator=models.MultiVectorComparator.MAX_SIM),
-                                        hnsw_config=models.HnswConfigDiff(m=0), on_disk=storage == "int8"),
-            POOLED: models.VectorParams(size=d, distance=models.Distance.COSINE, datatype=dtype),
-        },
+        vectors_config=designs.vectors_config(chosen, d, storage),
         quantization_config=quant,
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
                              "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version,
-                             "storage": storage, "state": BUILDING,
+                             "storage": storage, "state": BUILDING, **chosen.to_meta(),
                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
     )
     for field, kind in indexes.items():
@@ -114,15 +115,48 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
             client.create_payload_index(name, field, field_schema=PAYLOAD_TYPES[kind], wait=True)
 
 
-def collection_info(client: QdrantClient, name: str) -> dict:
-    """The collection's DQE-CIR metadata; a StoreError when it is missing or was not made by us."""
+def checked_design(design: str | Design) -> Design:
+    try:
+        return designs.make_design(design)
+    except ValueError as e:
+        raise StoreError(str(e)) from e
+
+
+def _metadata(client: QdrantClient, name: str) -> tuple[dict, models.CollectionInfo]:
+    """The collection's own DQE-CIR metadata (nothing derived) and its info; StoreError when missing or not ours."""
     if not client.collection_exists(name):
-        raise StoreError(f"collection {name!r} does not exist; index a catalog into it first (dqe-cir index)")
+        raise CollectionUnusable(f"collection {name!r} does not exist; index a catalog into it first (dqe-cir index)")
     info = client.get_collection(name)
     meta = (info.config.metadata or {}).get(META_KEY)
     if not meta:
-        raise StoreError(f"collection {name!r} has no {META_KEY!r} metadata: it was not created by dqe-cir")
-    return {**meta, "storage": meta.get("storage") or storage_of(info), "points": info.points_count or 0}
+        raise CollectionUnusable(f"collection {name!r} has no {META_KEY!r} metadata: it was not created by dqe-cir")
+    return meta, info
+
+
+def collection_info(client: QdrantClient, name: str) -> dict:
+    """The collection's DQE-CIR metadata, with `storage` and `design` filled in for collections made before
+    they were recorded, `points` (Qdrant's count, approximate on a server) and `items` (catalog images:
+    points / Q in the token design); a StoreError when it is missing or was not made by us."""
+    meta, info = _metadata(client, name)
+    design = design_from(meta, name)
+    points = info.points_count or 0
+    items = points // max(1, int(meta.get("num_query_tokens") or 1)) if design.name == designs.TOKEN else points
+    return {**meta, **design.to_meta(), "storage": meta.get("storage") or storage_of(info), "points": points,
+            "items": items}
+
+
+def design_from(meta: dict, name: str = "") -> Design:
+    """The Design a collection's metadata (or collection_info's answer) records."""
+    try:
+        return designs.design_from_meta(meta)
+    except ValueError as e:
+        raise CollectionUnusable(f"collection {name!r}: {e}" if name else str(e)) from e
+
+
+def design_of(client: QdrantClient, name: str) -> tuple[Design, int]:
+    """The collection's design and its tokens per item (Q)."""
+    meta, _ = _metadata(client, name)
+    return design_from(meta, name), int(meta["num_query_tokens"])
 
 
 def storage_of(info: models.CollectionInfo) -> str:
@@ -131,13 +165,13 @@ def storage_of(info: models.CollectionInfo) -> str:
     if info.config.quantization_config is not None:
         return "int8"
     vectors = info.config.params.vectors
-    params = vectors.get(TOKENS) if isinstance(vectors, dict) else None
+    params = (vectors.get(TOKENS) or vectors.get(designs.TOKEN_VECTOR)) if isinstance(vectors, dict) else None
     return "fp16" if params is not None and params.datatype == models.Datatype.FLOAT16 else "fp32"
 
 
 def set_state(client: QdrantClient, name: str, state: str, reason: str = "") -> None:
     """Record a collection's build state (and why, for a failed one) in its metadata."""
-    meta = {k: v for k, v in collection_info(client, name).items() if k != "points"}
+    meta, _ = _metadata(client, name)
     client.update_collection(name, metadata={META_KEY: {**meta, "state": state, "reason": reason}})
 
 
@@ -160,52 +194,71 @@ def parse_payload_indexes(specs: Sequence[str] | None) -> dict[str, str]:
 def check_fingerprint(client: QdrantClient, name: str, fingerprint: str) -> dict:
     meta = collection_info(client, name)
     if meta["fingerprint"] != fingerprint:
-        raise StoreError(f"collection {name!r} was indexed with bundle {meta['fingerprint']}, but this bundle is "
-                         f"{fingerprint}: embeddings would not be comparable. Re-index with this bundle, or "
-                         "load the bundle the collection was built with")
+        raise bundle_mismatch(repr(name), meta["fingerprint"], fingerprint)
     return meta
 
 
 def upsert(client: QdrantClient, name: str, items: Sequence[Item]) -> None:
-    """Write items (wait=True: a task is only done once Qdrant has them)."""
+    """Write items (wait=True: a task is only done once Qdrant has them), as the collection's design lays
+    them out; an item written again replaces all of its points (their ids are derived from the item id)."""
     if not items:
         return
-    points = [
-        models.PointStruct(
-            id=point_id(it.item_id),
-            vector={TOKENS: it.tokens.astype(np.float32).tolist(), POOLED: pooled(it.tokens).tolist()},
-            payload={**it.payload, "item_id": it.item_id},
-        )
-        for it in items
-    ]
+    design, q = design_of(client, name)
+    for it in items:
+        if it.tokens.ndim != 2 or it.tokens.shape[0] != q:
+            raise StoreError(f"item {it.item_id!r} has tokens of shape {tuple(it.tokens.shape)}, but collection "
+                             f"{name!r} holds {q} tokens an item: was it embedded with another bundle?")
+    points = [p for it in items
+              for p in designs.item_points(design, it.item_id, it.tokens, {**it.payload, "item_id": it.item_id})]
     client.upsert(name, points=points, wait=True)
 
 
 def delete(client: QdrantClient, name: str, item_ids: Iterable[str]) -> None:
-    ids = [point_id(i) for i in item_ids]
-    if ids:
-        client.delete(name, points_selector=models.PointIdsList(points=ids), wait=True)
+    """Delete items: every point of each (one, or Q in the token design)."""
+    item_ids = list(item_ids)
+    if not item_ids:
+        return
+    design, q = design_of(client, name)
+    ids = [pid for i in item_ids for pid in designs.item_point_ids(design, i, q)]
+    client.delete(name, points_selector=models.PointIdsList(points=ids), wait=True)
 
 
 def content_hashes(client: QdrantClient, name: str, item_ids: Sequence[str]) -> dict[str, str]:
-    """item id -> the stored content hash, for the items of `item_ids` that are in the collection."""
+    """item id -> the stored content hash, for the items of `item_ids` that are in the collection (point_id is
+    the item's point, or its first token's, in every design)."""
     points = client.retrieve(name, [point_id(i) for i in item_ids], with_payload=["item_id", "content_hash"],
                              with_vectors=False)
     return {p.payload["item_id"]: p.payload.get("content_hash") for p in points if p.payload}
 
 
+def item_payload(client: QdrantClient, name: str, item_id: str) -> dict | None:
+    """An item's stored payload (item_id, uri, fields), None when the collection does not hold it."""
+    points = client.retrieve(name, [point_id(item_id)], with_payload=True, with_vectors=False)
+    return public_payload(points[0].payload) if points else None
+
+
+def public_payload(payload: dict | None) -> dict:
+    """A point's payload as the item's: without the token design's bookkeeping field."""
+    return {k: v for k, v in (payload or {}).items() if k != TOKEN_INDEX}
+
+
 def count(client: QdrantClient, name: str) -> int:
-    return client.count(name, exact=True).count
+    """Items in the collection, exactly (points / Q would be approximate on a server)."""
+    design, _ = design_of(client, name)
+    return client.count(name, count_filter=designs.one_point_per_item(design), exact=True).count
 
 
 def scroll_payloads(client: QdrantClient, name: str, fields: Sequence[str] | bool = True,
                     batch: int = 1000) -> Iterable[dict]:
-    """Every point's payload (for incremental re-index and checks)."""
+    """Every item's payload, once per item (for incremental re-index and checks)."""
+    design, _ = design_of(client, name)
+    one_each = designs.one_point_per_item(design)
     offset = None
     while True:
-        points, offset = client.scroll(name, limit=batch, offset=offset, with_payload=fields, with_vectors=False)
+        points, offset = client.scroll(name, scroll_filter=one_each, limit=batch, offset=offset, with_payload=fields,
+                                       with_vectors=False)
         for p in points:
-            yield p.payload or {}
+            yield public_payload(p.payload)
         if offset is None:
             return
 

@@ -16,8 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.service import create_app  # noqa: E402
-from app.service_settings import config_from_env  # noqa: E402
+from app.service.routes import create_app  # noqa: E402
+from app.service.settings import config_from_env  # noqa: E402
 from tests.browser import chromium_driver, live_server  # noqa: E402
 
 

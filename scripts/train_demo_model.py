@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_name  # noqa: E402
 from benchmarks.learning import METRICS, score_splits  # noqa: E402
+from cirdata.synth import ensure_synth  # noqa: E402
 from training.checkpoint import read_meta  # noqa: E402
-from training.synth import ensure_synth  # noqa: E402
 from training.train import LAST, load_checkpoint, load_train_config, save_checkpoint, train  # noqa: E402
 
 RUNS = ROOT / "runs" / "demo-model"

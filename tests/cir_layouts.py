@@ -115,8 +115,8 @@ def tiny_blip2(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import Blip2ForImageTextRetrieval
 
+    from cirdata.vocab import build_tokenizer
     from training.model import blip2_config, model_config
-    from training.vocab import build_tokenizer
 
     tok = build_tokenizer()
     cfg = model_config("tiny", vocab_size=tok.get_vocab_size())

@@ -16,7 +16,7 @@ def shared_data(name: str) -> Path:
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> Path:
     """The small synthetic benchmark, generated once per test session."""
-    from training.synth import generate
+    from cirdata.synth import generate
 
     out = tmp_path_factory.mktemp("synth_small")
     generate(out, size="small", seed=0, progress=False)

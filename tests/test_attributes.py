@@ -12,13 +12,13 @@ import torch
 from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 
-from app.service import create_app
-from app.service_settings import ServiceConfig
+from app.service.routes import create_app
+from app.service.settings import ServiceConfig
 from encoder import Encoder
 from encoder.bundle import read_bundle
 from encoder.errors import EncoderError
 from encoder.fusion import parse_weights, resolve_weights
-from indexer.jobs import index_catalog
+from indexer.reindex_inprocess import index_catalog
 from indexer.settings import load_settings
 from plugin import CIRSearch, SearchError
 from training.attributes import caption_attributes, twin_attribute, twin_negatives
@@ -85,7 +85,7 @@ def test_unlabelled_attribute_on_the_synthetic_set_is_a_clear_error(synth_small,
     cfg = TrainConfig(root=str(synth_small), out=str(tmp_path), model="tiny", max_steps=1, lambda_attr=0.2,
                       model_overrides={"attributes": ["color", "texture"]}, progress=False)
     model, tok = build_model(cfg)
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
 
     data = load_cir_data("synth", synth_small, "train", model.cfg.image_size, progress=False, max_queries=8)
     with pytest.raises(TrainingError, match="texture"):

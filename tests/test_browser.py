@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from app.service import create_app
+from app.service.routes import create_app
 from plugin import ItemRef
 from tests.browser import browser_missing, chromium_driver, live_server
 from tests.test_service import config, direct, indexed  # noqa: F401 (fixtures)

@@ -23,7 +23,7 @@ def live(celery_env, synth_small, tmp_path):
     from qdrant_client import QdrantClient
 
     from encoder import Encoder
-    from indexer.jobs import index_catalog
+    from indexer.reindex_inprocess import index_catalog
 
     _, settings = celery_env
     cat = tmp_path / "cat"
@@ -40,7 +40,7 @@ def live(celery_env, synth_small, tmp_path):
 
 def failed_job(env, settings, tmp_path, cat, version, fault=None, pool="solo", worker_env=None):
     """Run a full job on one worker; it must be refused. Returns the IndexerError."""
-    from indexer.distributed import index_with_workers
+    from indexer.reindex_workers import index_with_workers
 
     worker = start_worker({**env, **(worker_env or {})}, tmp_path, "w1", fault=fault, pool=pool)
     try:
@@ -82,7 +82,7 @@ def test_a_worker_with_a_different_bundle(celery_env, live, tmp_path, tiny_bundl
     error = failed_job(env, settings, tmp_path, *live, worker_env={"DQE_CIR_BUNDLE": str(other)})
     ours, theirs = read_bundle(tiny_bundle).fingerprint, read_bundle(other).fingerprint
     for f in error.report.failed:
-        assert "StoreError" in f["reason"] and f"indexed with bundle {ours}, but this bundle is {theirs}" in f["reason"]
+        assert "BundleMismatch" in f["reason"] and f"indexed with bundle {ours}, but this bundle is {theirs}" in f["reason"]
 
 
 def test_a_chunk_killed_by_the_hard_time_limit(celery_env, live, tmp_path):

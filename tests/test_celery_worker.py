@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from indexer import IndexerError
-from indexer.jobs import SwapPolicy
+from indexer.reindex_inprocess import SwapPolicy
 from tests import workers
 from tests.conftest import make_bad_catalog
 from tests.workers import REDIS_URL, start_worker, stop, stored, wait_until
@@ -34,7 +34,7 @@ def task_ids(tmp_path, worker: str, event: str) -> set[str]:
 
 def test_full_then_incremental_job_through_a_worker(celery_env, synth_small, tmp_path):
     env, settings = celery_env
-    from indexer.distributed import index_with_workers
+    from indexer.reindex_workers import index_with_workers
 
     paths = copy_images(synth_small, tmp_path / "cat", 24)
     worker = start_worker(env, tmp_path, "w1")
@@ -58,7 +58,7 @@ def test_full_then_incremental_job_through_a_worker(celery_env, synth_small, tmp
 def test_sigkill_mid_job_loses_and_duplicates_nothing(celery_env, synth_small, tmp_path):
     env, settings = celery_env
     from indexer import ledger
-    from indexer.distributed import index_with_workers
+    from indexer.reindex_workers import index_with_workers
 
     copy_images(synth_small, tmp_path / "cat", 80)
     result = {}
@@ -97,7 +97,7 @@ def test_sigkill_mid_job_loses_and_duplicates_nothing(celery_env, synth_small, t
 
 
 def test_bad_images_through_a_worker_land_in_the_failure_report(celery_env, synth_small, tmp_path):
-    from indexer.distributed import index_with_workers
+    from indexer.reindex_workers import index_with_workers
 
     env, settings = celery_env
     bad = make_bad_catalog(tmp_path / "cat", sorted((synth_small / "val").glob("*.png"))[:6])
@@ -116,7 +116,7 @@ def test_lost_chunks_are_named_and_a_second_job_on_the_alias_fails_fast(celery_e
     """No worker at all: the job reports its chunks as lost at its deadline instead of waiting forever, and
     meanwhile a second job on the same alias is refused at once by the Redis lock."""
     from indexer import ledger
-    from indexer.distributed import index_with_workers
+    from indexer.reindex_workers import index_with_workers
 
     _, settings = celery_env
     copy_images(synth_small, tmp_path / "cat", 6)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cirdata.vocab import build_tokenizer
 from tests.cir_layouts import tiny_blip2
 from training.checkpoint import (
     FORMAT,
@@ -22,7 +23,6 @@ from training.checkpoint import (
 from training.errors import TrainingError
 from training.model import DQECIR, model_config
 from training.trns import NegativeSampler
-from training.vocab import build_tokenizer
 
 
 def _tiny():
@@ -154,7 +154,7 @@ def test_damaged_and_foreign_files_are_clear_errors(tmp_path):
 
 
 def test_shipped_demo_model_is_safetensors_and_small():
-    from app.demo import SHIPPED_MODEL
+    from app.commands.demo import SHIPPED_MODEL
 
     assert SHIPPED_MODEL.suffix == ".safetensors" and file_kind(SHIPPED_MODEL) == "safetensors"
     assert SHIPPED_MODEL.stat().st_size < 25e6

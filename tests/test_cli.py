@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from app.cli import main
 from tests.conftest import shared_data
 
@@ -47,3 +49,9 @@ def test_train_is_one_process_and_says_how_to_use_several(monkeypatch, capsys, t
 def test_python_m_training_help_lists_the_train_flags():
     r = subprocess.run([sys.executable, "-m", "training", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--recipe" in r.stdout and "--pretrained" in r.stdout and "--stop-after" in r.stdout
+
+
+def test_an_unknown_flag_is_still_an_error_where_the_extra_is_installed(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["index", "--catalog", "x", "--bogus"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

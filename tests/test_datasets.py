@@ -3,15 +3,15 @@ import random
 
 import pytest
 
-from tests.conftest import shared_data
-from training.datasets import (
+from cirdata.datasets import (
     fiq_eval_caption,
     fiq_train_caption,
     load_circo,
     load_cirr,
     load_fashioniq,
 )
-from training.errors import TrainingError
+from cirdata.errors import DataError
+from tests.conftest import shared_data
 
 
 def test_real_cirr_counts():
@@ -74,7 +74,7 @@ def _record(**over):
 
 def test_malformed_json_names_the_file(tmp_path):
     _write_cirr(tmp_path, "[{not json")
-    with pytest.raises(TrainingError, match=r"cap\.x\.val\.json: malformed JSON"):
+    with pytest.raises(DataError, match=r"cap\.x\.val\.json: malformed JSON"):
         load_cirr(tmp_path, "val")
 
 
@@ -82,7 +82,7 @@ def test_missing_field_names_file_and_field(tmp_path):
     bad = _record()
     del bad["caption"]
     _write_cirr(tmp_path, [_record(), bad])
-    with pytest.raises(TrainingError, match=r"cap\.x\.val\.json: record 1 has no field 'caption'"):
+    with pytest.raises(DataError, match=r"cap\.x\.val\.json: record 1 has no field 'caption'"):
         load_cirr(tmp_path, "val")
     data = load_cirr(tmp_path, "val", on_error="skip")
     assert len(data.queries) == 1 and data.skipped == 1 and "caption" in data.skip_reasons[0]
@@ -90,24 +90,25 @@ def test_missing_field_names_file_and_field(tmp_path):
 
 def test_unknown_split_and_missing_image(tmp_path):
     _write_cirr(tmp_path, [_record()])
-    with pytest.raises(TrainingError, match="unknown CIRR split 'dev'"):
+    with pytest.raises(DataError, match="unknown CIRR split 'dev'"):
         load_cirr(tmp_path, "dev")
-    with pytest.raises(TrainingError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_cirr(tmp_path, "val", check_images=True)
-    with pytest.raises(TrainingError, match="unknown FashionIQ category 'hat'"):
+    with pytest.raises(DataError, match="unknown FashionIQ category 'hat'"):
         load_fashioniq(tmp_path, "val", "hat")
 
 
 def test_record_naming_an_unknown_image(tmp_path):
     _write_cirr(tmp_path, [_record(target_hard="zzz")])
-    with pytest.raises(TrainingError, match="names image 'zzz'"):
+    with pytest.raises(DataError, match="names image 'zzz'"):
         load_cirr(tmp_path, "val")
 
 
 def test_real_fashioniq_queries_point_into_their_own_category():
     """121 val images are listed under both shirt and toptee: each category keeps its own copy, and
     every query's target and reference are in its category's gallery block (the protocol needs it)."""
-    from training.cir_data import load_cir_data, negative_pools
+    from cirdata.tables import load_cir_data
+    from training.trns import negative_pools
 
     data = load_cir_data("fashioniq", shared_data("fashioniq"), "val", 224, progress=False, lazy=True)
     assert len(data.ref) == 6016
@@ -119,8 +120,8 @@ def test_real_fashioniq_queries_point_into_their_own_category():
 
 
 def test_circo_loader_takes_the_image_folder_and_the_annotations(tmp_path):
+    from cirdata.tables import load_cir_data
     from tests.cir_layouts import circo
-    from training.cir_data import load_cir_data
 
     root = circo(tmp_path / "circo", shared_data("circo"), queries=4)
     val = load_cir_data("circo", root, "val", 32)
@@ -137,7 +138,7 @@ def test_circo_loader_takes_the_image_folder_and_the_annotations(tmp_path):
     assert len(load_cir_data("circo", root, "val", 32, images=moved).names) == len(val.names)  # no image_info: *.jpg
     victim = moved / f"{first['reference_img_id']:012d}.jpg"
     victim.unlink()
-    with pytest.raises(TrainingError, match="not in the gallery"):
+    with pytest.raises(DataError, match="not in the gallery"):
         load_cir_data("circo", root, "val", 32, images=moved)
-    with pytest.raises(TrainingError, match="COCO 2017 unlabeled"):
+    with pytest.raises(DataError, match="COCO 2017 unlabeled"):
         load_cir_data("circo", root, "val", 32, images=tmp_path / "nothing")

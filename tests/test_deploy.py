@@ -67,7 +67,6 @@ def test_environment_variables_are_the_ones_the_code_reads(compose):
             list((ROOT / "plugin").glob("*.py")):
         read |= set(re.findall(r"""environ(?:\.get)?\(?\[?["']([A-Z_]+)["']""", py.read_text()))
         read |= set(re.findall(r"""env\.get\(["']([A-Z_]+)["']""", py.read_text()))
-    read -= {"DQE_CIR_PRELOAD"}  # an internal switch for tests, not a deployment setting
     assert read <= CODE_ENV, read - CODE_ENV
 
 
@@ -101,7 +100,7 @@ def _doctor(args, capsys):
 @pytest.fixture()
 def healthy(tiny_bundle, tmp_path, monkeypatch, synth_small):
     from encoder import Encoder
-    from indexer.jobs import index_catalog
+    from indexer.reindex_inprocess import index_catalog
 
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
     monkeypatch.delenv("QDRANT_URL", raising=False)

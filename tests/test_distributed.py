@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.distributed import Dist
+from training.ddp import Dist
 from training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

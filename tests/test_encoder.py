@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cirdata.tables import load_cir_data
 from encoder import Encoder, EncoderError, read_bundle
 from encoder.fusion import fuse, maxsim, resolve_weights
 from encoder.preprocess import load_image, prepare_image, preprocess, targetpad
-from training.cir_data import load_cir_data
 from training.evaluate import compose_queries, encode_gallery
 from training.train import load_checkpoint
 

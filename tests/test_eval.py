@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.cir_data import load_cir_data
+from cirdata.tables import load_cir_data
 from training.evaluate import evaluate
 from training.train import load_checkpoint
 

@@ -189,7 +189,7 @@ def test_an_http_catalog_and_an_http_item_ref_go_through_the_fetcher(server, pub
     from qdrant_client import QdrantClient
 
     from encoder import Encoder
-    from indexer.jobs import SwapPolicy, index_catalog
+    from indexer.reindex_inprocess import SwapPolicy, index_catalog
     from plugin import CIRSearch, ItemRef, SearchError
 
     port, routes = server

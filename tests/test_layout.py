@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"app", "training", "encoder", "plugin", "indexer"}
+OURS = {"app", "cirdata", "training", "encoder", "plugin", "indexer"}
 # What each package may import of ours, and third-party packages it must never import.
 ALLOWED = {
     "encoder": (set(), {"torch", "transformers"}),
-    "training": ({"encoder"}, set()),
+    "cirdata": ({"encoder"}, {"torch", "transformers"}),
+    "training": ({"encoder", "cirdata"}, set()),
     "plugin": ({"encoder"}, {"torch", "transformers"}),
     "indexer": ({"encoder", "plugin"}, {"torch", "transformers"}),
     "app": (OURS, set()),
@@ -56,7 +57,9 @@ def test_the_rule_check_catches_a_violation(tmp_path):
     (tmp_path / "training" / "bad.py").write_text("def f():\n    from plugin.search import CIRSearch\n")
     (tmp_path / "encoder" / "worse.py").write_text("import torch\nfrom .x import y\n")
     (tmp_path / "plugin" / "ok.py").write_text("from encoder import Encoder\nfrom . import store\n")
-    assert rule_violations(tmp_path) == ["encoder/worse.py imports torch", "training/bad.py imports plugin"]
+    (tmp_path / "cirdata" / "metrics.py").write_text("def f():\n    import torch\n")
+    assert rule_violations(tmp_path) == ["encoder/worse.py imports torch", "cirdata/metrics.py imports torch",
+                                         "training/bad.py imports plugin"]
 
 
 # --- one install, its own commands ---------------------------------------------------------
@@ -73,7 +76,7 @@ from app.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 TRAIN_ONLY = "qdrant_client,celery,redis,kombu"  # what a `train`-only install lacks
-SERVE_ONLY = "torch,transformers,onnx,onnxscript"  # what a `serve`-only install lacks
+SERVE_ONLY = "torch,transformers,onnx,onnxscript,training,cirdata"  # what the serving image lacks
 
 
 def run_with(blocked: str, *args: str) -> subprocess.CompletedProcess:
@@ -127,6 +130,8 @@ def test_serve_only_install_runs_the_serving_commands(tiny_bundle, synth_small, 
     assert r.returncode == 0, r.stderr
     hits = json.loads(r.stdout)
     assert len(hits) == 3 and item not in [h["id"] for h in hits]
+    r = run_with(SERVE_ONLY, "search", "--item", "no-such-item", "--text", "red", "--collection", "shop", *common)
+    assert r.returncode == 2 and "not in collection" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_with(SERVE_ONLY, "doctor", "--collection", "shop", "--no-broker", "--json", *common)
     assert r.returncode == 0, r.stdout + r.stderr
     assert {c["name"] for c in json.loads(r.stdout) if c["ok"]} >= {"bundle", "qdrant", "collection"}

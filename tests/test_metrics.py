@@ -4,22 +4,13 @@ import math
 import numpy as np
 import pytest
 
+from cirdata.datasets import load_cirr
+from cirdata.errors import DataError
+from cirdata.metrics import average_precision_at_k, mcnemar_exact, paired_bootstrap, recall_at_k, top_k
+from cirdata.protocol import Query, Rankings, hit_ranks, query_hits, rank_gallery, ranked_metrics, score_metrics
+from cirdata.submissions import write_circo_submission, write_cirr_submission
+from cirdata.tables import CIRData
 from tests.conftest import shared_data
-from training.datasets import load_cirr
-from training.metrics import (
-    average_precision_at_k,
-    circo_map,
-    cirr_metrics,
-    cirr_ranks,
-    fashioniq_metrics,
-    mcnemar_exact,
-    paired_bootstrap,
-    recall_at_k,
-    target_ranks,
-    top_k,
-    write_circo_submission,
-    write_cirr_submission,
-)
 
 
 def brute_rank(row, target, exclude=None):
@@ -27,23 +18,33 @@ def brute_rank(row, target, exclude=None):
     return order.index(target)
 
 
+def cirr_case(scores, gallery, refs, targets, members):
+    queries = [Query(r, (t,), tuple(m)) for r, t, m in zip(refs, targets, members, strict=True)]
+    return queries, rank_gallery(gallery, queries, scores)
+
+
 @pytest.mark.parametrize("seed", range(5))
-def test_target_ranks_match_sorting_by_hand_with_ties(seed):
+def test_rankings_match_sorting_by_hand_with_ties(seed):
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 4, size=(30, 12)).astype(float)  # many ties
+    gallery = [f"g{j}" for j in range(12)]
     targets = rng.integers(0, 12, size=30)
     exclude = np.array([(t + 1 + rng.integers(11)) % 12 for t in targets])
-    ranks = target_ranks(scores, targets, exclude)
-    for i in range(30):
-        assert ranks[i] == brute_rank(scores[i], targets[i], exclude[i])
-    assert list(target_ranks(scores, targets)) == [brute_rank(scores[i], targets[i]) for i in range(30)]
+    queries, rankings = cirr_case(scores, gallery, [gallery[e] for e in exclude], [gallery[t] for t in targets],
+                                  [[gallery[e], gallery[t]] for e, t in zip(exclude, targets, strict=True)])
+    ranks = hit_ranks(queries, rankings.ranked)
+    assert ranks.tolist() == [brute_rank(scores[i], targets[i], exclude[i]) for i in range(30)]
 
 
-def test_extra_positives_take_the_best_rank():
+def test_every_correct_image_counts_and_the_best_one_decides():
+    gallery = ["a", "b", "t", "dup"]
     scores = np.array([[0.9, 0.8, 0.1, 0.5]])
-    assert target_ranks(scores, [2])[0] == 3
-    assert target_ranks(scores, [2], positives=[[3]])[0] == 2
-    assert target_ranks(scores, [2], exclude=[0], positives=[[3]])[0] == 1
+    q = Query("a", ("t",), ("a", "t", "dup"))
+    assert hit_ranks([q], rank_gallery(gallery, [q], scores).ranked).tolist() == [2]  # a excluded: b, dup, t
+    q2 = Query("a", ("t", "dup"), ("a", "t", "dup"))
+    rankings = rank_gallery(gallery, [q2], scores)
+    assert hit_ranks([q2], rankings.ranked).tolist() == [1]
+    assert ranked_metrics("cirr", [q2], rankings)["Rs@1"] == 100.0  # dup beats t in the img_set and counts
 
 
 def test_recall_hand_made():
@@ -56,9 +57,14 @@ def test_cirr_metrics_hand_made_case():
     # The reference scores highest but is removed; 'other' beats the target on the full gallery,
     # but it is not in the img_set, so the subset rank is 0.
     scores = np.array([[0.99, 0.8, 0.1, 0.2, 0.3, 0.4, 0.9]])
-    m = cirr_metrics(scores, gallery, ["ref"], ["tgt"], [["ref", "tgt", "d1", "d2", "d3", "d4"]])
+    queries, rankings = cirr_case(scores, gallery, ["ref"], ["tgt"], [["ref", "tgt", "d1", "d2", "d3", "d4"]])
+    m = ranked_metrics("cirr", queries, rankings)
     assert m["R@1"] == 0.0 and m["R@5"] == 100.0 and m["Rs@1"] == 100.0
     assert m["Avg"] == 100.0
+    with pytest.raises(DataError, match="img_set rankings"):
+        ranked_metrics("cirr", queries, Rankings(rankings.ranked))
+    with pytest.raises(DataError, match="unknown protocol 'cir'"):
+        ranked_metrics("cir", queries, rankings)
 
 
 def test_cirr_metrics_against_brute_force():
@@ -72,7 +78,8 @@ def test_cirr_metrics_against_brute_force():
         refs.append(gallery[mem[0]])
         tgts.append(gallery[mem[1]])
         members.append([gallery[m] for m in mem])
-    m = cirr_metrics(scores, gallery, refs, tgts, members)
+    queries, rankings = cirr_case(scores, gallery, refs, tgts, members)
+    m = ranked_metrics("cirr", queries, rankings)
     ranks, sub = [], []
     for i in range(q):
         r = gallery.index(refs[i])
@@ -84,8 +91,8 @@ def test_cirr_metrics_against_brute_force():
         assert m[f"R@{k}"] == pytest.approx(100 * np.mean(np.array(ranks) < k))
     for k in (1, 2, 3):
         assert m[f"Rs@{k}"] == pytest.approx(100 * np.mean(np.array(sub) < k))
-    got_ranks, got_sub = cirr_ranks(scores, gallery, refs, tgts, members)  # the per-query ranks behind them
-    assert got_ranks.tolist() == ranks and got_sub.tolist() == sub
+    hits = query_hits(queries, rankings)  # the per-query hits behind them
+    assert hits["R@1"].tolist() == [r == 0 for r in ranks] and hits["Rs@1"].tolist() == [r == 0 for r in sub]
 
 
 def test_mcnemar_exact_against_the_binomial_by_hand():
@@ -112,9 +119,17 @@ def test_paired_bootstrap_sees_a_real_difference_and_not_a_null_one():
     assert paired_bootstrap(a, noise)["p"] > 0.05
 
 
-def test_fashioniq_metrics_keep_the_reference_and_average():
-    scores = np.array([[0.5] + [0.0] * 59, [1.0] * 60])
-    m = fashioniq_metrics({"dress": (scores, [0, 59]), "shirt": (scores, [0, 0])})
+def test_fashioniq_metrics_keep_the_reference_and_rank_within_the_category():
+    # Two categories of 60 images each; "dress" queries rank only the dress block, reference included.
+    names = [f"d{i}" for i in range(60)] + [f"s{i}" for i in range(60)]
+    scores = np.zeros((3, 120))
+    scores[0, 0] = 0.5  # query 0: its target d0 is also its reference, and it stays in the ranking
+    scores[1, 60:] = 1.0  # query 1: shirts score high, but it ranks dresses only; target d59 ties last
+    scores[2, :] = 1.0  # query 2 (shirt): every tie goes to the earlier image, target s0 first
+    data = CIRData(kind="fashioniq", split="val", names=names, pixels=np.zeros((120, 1, 1, 3), np.uint8),
+                   ref=np.array([0, 1, 61]), tgt=np.array([0, 59, 60]), texts=["x"] * 3,
+                   group=np.array([0] * 60 + [1] * 60), query_group=np.array([0, 0, 1]), group_names=("dress", "shirt"))
+    m = score_metrics(data, scores)
     assert m["dress/R@10"] == 50.0 and m["dress/R@50"] == 50.0
     assert m["shirt/R@10"] == 100.0
     assert m["mean/R@10"] == 75.0 and m["Avg"] == 75.0
@@ -125,7 +140,7 @@ def test_circo_map_hand_made():
     assert average_precision_at_k([7, 1, 8, 2, 3], {7, 8, 9}, 5) == pytest.approx((1 + 2 / 3) / 3)
     assert average_precision_at_k([1, 2], {9}, 5) == 0.0
     # fewer ground truths than K: divided by |G|
-    m = circo_map([[5, 6]], [[6]], ks=(5,))
+    m = ranked_metrics("circo", [Query("r", ("6",))], Rankings([["5", "6"]]))
     assert m["mAP@5"] == pytest.approx(50.0)
 
 
@@ -142,19 +157,45 @@ def test_cirr_submission_on_real_test1(tmp_path):
     # Make the reference the top scorer so that its exclusion is really tested.
     for i, q in enumerate(data.queries):
         scores[i, gallery.index(q.reference)] = 2.0
-    paths = write_cirr_submission(tmp_path, [q.pairid for q in data.queries], scores, gallery,
-                                  [q.reference for q in data.queries], [q.members for q in data.queries])
+    queries = [Query(q.reference, (), tuple(q.members)) for q in data.queries]  # test1 hides the targets
+    paths = write_cirr_submission(tmp_path, [q.pairid for q in data.queries], rank_gallery(gallery, queries, scores))
     recall, subset = (json.loads(p.read_text()) for p in paths)
     assert recall["version"] == "rc2" and recall["metric"] == "recall"
     assert subset["metric"] == "recall_subset"
-    for q in data.queries:
+    for i, q in enumerate(data.queries):
         top50, top3 = recall[str(q.pairid)], subset[str(q.pairid)]
         assert len(top50) == 50 and len(set(top50)) == 50 and q.reference not in top50
         assert len(top3) == 3 and q.reference not in top3 and set(top3) <= set(q.members)
+        best = max((j for j in range(len(gallery)) if gallery[j] != q.reference), key=lambda j: scores[i, j])
+        assert top50[0] == gallery[best]
     assert len(recall) == len(data.queries) + 2
 
 
 def test_circo_submission(tmp_path):
-    p = write_circo_submission(tmp_path / "circo.json", [0, 1], [list(range(60)), list(range(100, 160))])
+    rankings = Rankings([[str(x) for x in range(60)], [str(x) for x in range(100, 160)]])
+    p = write_circo_submission(tmp_path / "circo.json", [0, 1], rankings)
     out = json.loads(p.read_text())
     assert set(out) == {"0", "1"} and len(out["0"]) == 50 and out["1"][0] == 100
+
+
+def test_torch_and_served_evaluation_see_the_same_queries_duplicates_included(synth_small, tmp_path):
+    """queries_of (torch, from the image table) and cirr_queries (served, from the files) must agree,
+    also where two images show one scene: then the duplicate counts as a hit on both paths."""
+    import shutil
+
+    from cirdata.datasets import load_cirr, scenes_path
+    from cirdata.protocol import cirr_queries, queries_of
+    from cirdata.tables import load_cir_data
+
+    root = tmp_path / "synth"
+    shutil.copytree(synth_small, root, ignore=shutil.ignore_patterns("*.png"))
+    split = load_cirr(root, "val")
+    scenes = json.loads(scenes_path(split).read_text())
+    q0 = split.queries[0]
+    dup = next(n for n in split.gallery if n not in (q0.target, q0.reference))
+    scenes[dup]["key"] = scenes[q0.target]["key"]  # `dup` now shows the target's scene
+    scenes_path(split).write_text(json.dumps(scenes))
+    served = cirr_queries(load_cirr(root, "val"))
+    torch_side = queries_of(load_cir_data("synth", root, "val", 16, progress=False, lazy=True))
+    assert served == torch_side
+    assert served[0].correct == (q0.target, dup)

@@ -6,12 +6,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import Blip2ForImageTextRetrieval
 
+from cirdata.vocab import build_tokenizer
 from encoder.text import TextTokenizer
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import TrainingError
 from training.model import DQECIR, blip2_config, build_blip2, maxsim, model_config
 from training.train import TrainConfig, build_model
-from training.vocab import build_tokenizer
 
 
 def _tiny_hf(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 from qdrant_client import QdrantClient
 
 from encoder import Encoder, EncoderError
-from indexer.catalog import open_catalog
-from indexer.jobs import index_catalog
-from indexer.pipeline import batched, embed_chunk, fed_batches
+from indexer.catalog import chunked, open_catalog
+from indexer.pipeline import embed_chunk, fed_batches
+from indexer.reindex_inprocess import index_catalog
 from plugin import store
 from tests.conftest import make_bad_catalog
 
@@ -25,9 +25,9 @@ def test_same_points_as_the_sequential_path(tiny_bundle, bad_catalog):
     cat = open_catalog(folder)
     items = [it for chunk in cat.chunks(1000) for it in chunk]
     written = []
-    fed = list(fed_batches(enc, batched(items, 8), cat.root, written.append, workers=2))
-    expected = [embed_chunk(enc, batch, cat.root) for batch in batched(items, 8)]
-    assert [len(b) for b, _ in fed] == [len(b) for b in batched(items, 8)]
+    fed = list(fed_batches(enc, chunked(items, 8), cat.root, written.append, workers=2))
+    expected = [embed_chunk(enc, batch, cat.root) for batch in chunked(items, 8)]
+    assert [len(b) for b, _ in fed] == [len(b) for b in chunked(items, 8)]
     for (_, got), want, stored in zip(fed, expected, written, strict=True):
         assert [g.item_id for g in got.good] == [w.item_id for w in want.good] == [s.item_id for s in stored]
         assert [g.payload for g in got.good] == [w.payload for w in want.good]
@@ -51,7 +51,7 @@ def test_a_decode_failure_in_the_pool_is_a_failed_item(tiny_bundle, bad_catalog,
         return real(images)
 
     monkeypatch.setattr(enc, "preprocess", flaky)
-    results = [r for _, r in fed_batches(enc, batched(items, 4), cat.root, lambda good: None, workers=2)]
+    results = [r for _, r in fed_batches(enc, chunked(items, 4), cat.root, lambda good: None, workers=2)]
     failed = [f for r in results for f in r.failed]
     assert [f["item_id"] for f in failed if f["item_id"] == victim] == [victim]
     assert any("simulated decoder failure" in f["reason"] for f in failed)
@@ -71,7 +71,7 @@ def test_an_upsert_failure_propagates(tiny_bundle, synth_small):
 
     yielded = []
     with pytest.raises(RuntimeError, match="qdrant went away"):
-        for batch, _ in fed_batches(enc, batched(items, 8), cat.root, write, workers=2):
+        for batch, _ in fed_batches(enc, chunked(items, 8), cat.root, write, workers=2):
             yielded.append(batch)
     assert len(yielded) == 1  # only the batch whose write succeeded was reported
     assert len(calls) == 2  # nothing was written after the failure

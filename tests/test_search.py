@@ -6,7 +6,7 @@ from encoder import ComposeOutput, Encoder
 from encoder.bundle import BundleSpec
 from encoder.fusion import maxsim, pooled
 from indexer import IndexerError
-from indexer.jobs import SwapPolicy, index_catalog, rollback
+from indexer.reindex_inprocess import SwapPolicy, index_catalog, rollback
 from plugin import CIRSearch, ItemRef, SearchError, store
 from plugin.search import DEFAULT_OVERSAMPLE
 from tests.conftest import make_bad_catalog
@@ -49,11 +49,14 @@ def test_exact_mode_equals_brute_force_maxsim(indexed, catalog):
         assert np.allclose([h.score for h in hits], s[order], atol=1e-5)
 
 
-def test_default_two_stage_path_against_exact_maxsim(indexed, catalog, monkeypatch):
-    """exact_below lowered under the collection's size, so the default path runs: prefetch on `pooled`, then
-    MaxSim on `tokens`. Its hits are exact MaxSim over the k x oversample best pooled candidates, and
-    with an oversample that covers the collection they are exact MaxSim over everything."""
-    client, enc, _ = indexed
+def test_pooled_two_stage_path_against_exact_maxsim(tiny_bundle, catalog, monkeypatch):
+    """A pooled collection with exact_below lowered under its size, so the two-stage path runs: prefetch
+    on `pooled`, then MaxSim on `tokens`. Its hits are exact MaxSim over the k x oversample best pooled
+    candidates, and with an oversample that covers the collection they are exact MaxSim over everything."""
+    monkeypatch.setattr(store, "DEFAULT_DESIGN", "pooled")
+    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    index_catalog(client, enc, catalog, alias="catalog", progress=False)
+    assert store.collection_info(client, "catalog")["design"] == "pooled"
     paths = sorted(catalog.glob("*.png"))
     tokens = enc.encode_images(paths)
     ids = [p.name for p in paths]
@@ -263,8 +266,8 @@ def test_reader_sees_old_or_new_collection_never_partial(tiny_bundle, catalog):
 
 @pytest.mark.slow
 def test_served_eval_equals_torch_eval(tiny_trained, tiny_bundle, synth_small, tmp_path):
-    from app.served import served_eval
-    from training.cir_data import load_cir_data
+    from app.served_eval import served_eval
+    from cirdata.tables import load_cir_data
     from training.evaluate import evaluate
     from training.train import load_checkpoint
 
@@ -293,7 +296,9 @@ def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
 @pytest.mark.parametrize("storage", ["fp32", "int8"])
 def test_int8_requests_ask_for_rescoring_and_fp32_ones_do_not(tiny_bundle, catalog, storage, monkeypatch):
     """Local mode ignores quantisation, so the request itself is checked: on int8, MaxSim re-scores the
-    codes' top k x 4 with the originals and the prefetch re-scores on `pooled`; fp32 sends no params."""
+    codes' top k x 4 with the originals and the prefetch re-scores on `pooled`; fp32 sends no params.
+    (The pooled design's requests; tests/test_search_designs.py checks the others'.)"""
+    monkeypatch.setattr(store, "DEFAULT_DESIGN", "pooled")
     client = QdrantClient(":memory:")
     enc = Encoder(tiny_bundle)
     index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)

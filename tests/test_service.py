@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from qdrant_client import QdrantClient
 
-from app.service import create_app
-from app.service_settings import SERVICE_ENV_VARS, ServiceConfig, config_from_env
+from app.service.routes import create_app
+from app.service.settings import SERVICE_ENV_VARS, ServiceConfig, config_from_env
 from encoder import Encoder
-from indexer.jobs import index_catalog
+from indexer.reindex_inprocess import index_catalog
 from indexer.settings import ENV_VARS, load_settings
 from plugin import CIRSearch, ItemRef, store
 
@@ -103,6 +103,8 @@ def test_search_by_upload_with_weights_and_filter(api, direct, indexed):
     ({"item_id": "x", "text": "red", "weights": {"texture": 1}}, "weights", "unknown attribute 'texture'"),
     ({"item_id": "x", "text": "red", "weights": {"color": -1}}, "weights", "between 0 and 10"),
     ({"item_id": "x", "text": "red", "filter": {"price": 1.5}}, "filter", "must be a string, integer, bool"),
+    ({"item_id": "x", "text": "red", "filter": {"$where": "1"}}, "filter", "operators such as '$where'"),
+    ({"item_id": "x", "text": "red", "filter": {"split": ["val", 3]}}, "filter", "list of strings or of integers"),
     ({"item_id": "x", "text": "red", "colour": 1}, "colour", "Extra inputs are not permitted"),
     ({"text": "red"}, "image", "exactly one reference"),
 ])
@@ -112,6 +114,33 @@ def test_bad_json_requests_are_clear_422s(api, payload, field, words):
     error = error_of(r)
     assert error["code"] == "invalid_request" and words in error["message"]
     assert field in [f["field"] for f in error["fields"]]
+
+
+def test_status_codes_follow_the_error_types_not_their_messages():
+    from app.service.backend import search_error
+    from plugin import errors as e
+
+    misleading = "query on 'x' failed: is not in collection, indexed with bundle, does not exist"
+    cases = [(e.ItemNotFound, 404), (e.BadFilter, 422), (e.BadQuery, 400), (e.CollectionUnusable, 503),
+             (e.BundleMismatch, 503), (e.BackendUnavailable, 503), (e.SearchError, 503), (e.StoreError, 503),
+             (OSError, 503)]
+    for kind, status in cases:
+        assert search_error(kind(misleading)).status == status, kind
+    assert search_error(e.BadFilter("bad")).body()["error"]["fields"] == [{"field": "filter", "message": "bad"}]
+
+
+def test_a_failing_qdrant_call_is_a_503(indexed, config, monkeypatch):
+    with make_client(indexed, config) as c:
+        item = item_ids(indexed[2])[0]
+        assert c.post("/v1/search", json={"item_id": item, "text": "red"}).status_code == 200
+
+        def down(*args, **kwargs):
+            raise ConnectionError("connection refused")
+
+        monkeypatch.setattr(indexed[0], "query_points", down)
+        monkeypatch.setattr(indexed[0], "query_batch_points", down)
+        r = c.post("/v1/search", json={"item_id": item, "text": "red"})
+        assert r.status_code == 503 and "connection refused" in error_of(r)["message"], r.text
 
 
 def test_other_bad_requests(api, indexed, config):
@@ -220,6 +249,8 @@ def test_not_ready_without_the_collection_and_with_another_bundle(indexed, confi
         r = c.get("/readyz")
         assert r.status_code == 503 and "indexed with bundle" in r.json()["checks"]["collection"]["detail"]
         assert "indexed with bundle" in error_of(c.get("/v1/items/sample"))["message"]
+        r = c.post("/v1/search", json={"item_id": "x", "text": "red"})
+        assert r.status_code == 503 and "indexed with bundle" in error_of(r)["message"]
 
 
 def test_api_key_and_cors(indexed, config):
@@ -248,7 +279,7 @@ def test_page_and_static_files_need_no_cdn(api):
     for asset in ("/static/app.js", "/static/style.css"):
         r = api.get(asset)
         assert r.status_code == 200, asset
-    for path in (ROOT / "app" / "static").iterdir():
+    for path in (ROOT / "app" / "service" / "static").iterdir():
         text = path.read_text()
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
 
@@ -298,7 +329,7 @@ def test_demo_prints_a_serve_command_the_cli_accepts(tmp_path):
     import shlex
 
     from app.cli import build_parser
-    from app.demo import serve_command
+    from app.commands.demo import serve_command
 
     line = serve_command(tmp_path / "demo", tmp_path / "demo" / "synth-demo-0")
     argv = shlex.split(line.split("   (")[0])

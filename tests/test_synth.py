@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from training.datasets import load_cirr
-from training.oracle import oracle_metrics
-from training.scenes import (
+from cirdata.datasets import load_cirr
+from cirdata.oracle import oracle_metrics
+from cirdata.scenes import (
     ATTRIBUTE_WORDS,
     COLORS,
     HELD_OUT_ONLY_WORDS,
@@ -24,8 +24,8 @@ from training.scenes import (
     template_of,
     templates_for,
 )
-from training.synth import generate, render_scene
-from training.vocab import filler_words
+from cirdata.synth import generate, render_scene
+from cirdata.vocab import filler_words
 
 
 def _digest(root):
@@ -168,7 +168,7 @@ def test_unknown_size_is_a_clear_error(tmp_path):
 def test_held_out_phrasings_are_only_in_val_and_recognised(synth_small):
     """Every training text uses a training phrasing; val mixes in the held-out ones, and
     is_held_out_phrasing tells them apart (the learning study splits val metrics by it)."""
-    from training.scenes import is_held_out_phrasing
+    from cirdata.scenes import is_held_out_phrasing
 
     caps = {s: json.loads((synth_small / "captions" / f"cap.synth.{s}.json").read_text()) for s in ("train", "val")}
     assert not any(is_held_out_phrasing(c["caption"]) for c in caps["train"])

@@ -306,7 +306,7 @@ def test_activation_estimate_is_within_a_factor_two_of_autograd(tmp_path):
 
 
 def test_grad_checkpointing_gives_the_same_loss_and_gradients(synth_small, tmp_path):
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
     from training.train import Trainer, build_model
 
     cfg = TrainConfig(root=str(synth_small), model="tiny", loss="pairwise", negatives="random", batch_size=8,
@@ -337,8 +337,8 @@ def test_bf16_autocast_runs_on_cpu_too(synth_small, tmp_path):
 def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
     """METHOD.md: the pool is the training targets of the same category, for the warm-up's random
     negatives and for the mined mid-zones alike; never the reference or the target."""
+    from cirdata.tables import load_cir_data
     from tests.cir_layouts import fashioniq
-    from training.cir_data import load_cir_data
     from training.train import Trainer, build_model
 
     root = fashioniq(tmp_path / "fiq", per_category=16, splits=("train",))
@@ -365,7 +365,7 @@ OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_pair", "pair_tau"
 
 
 def _trainer(synth_small, tmp_path, **kw):
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
     from training.train import Trainer, build_model
 
     cfg = TrainConfig(root=str(synth_small), out=str(tmp_path), model="tiny", batch_size=8, eval_every=0,
@@ -476,7 +476,7 @@ def test_demo_dqe_recipe_runs_dqe_cir_from_a_trained_model(synth_small, tiny_tra
 
 def test_demo_fine_tunes_with_the_shipped_models_last_stage():
     """The README's promise: `make demo` fine-tunes with the objective the shipped model's last stage used."""
-    from app.demo import FINETUNE_RECIPE, SHIPPED_MODEL
+    from app.commands.demo import FINETUNE_RECIPE, SHIPPED_MODEL
     from training.checkpoint import read_meta
 
     shipped = {**TrainConfig().__dict__, **read_meta(SHIPPED_MODEL)["train_config"]}  # keys added since: defaults
@@ -485,7 +485,7 @@ def test_demo_fine_tunes_with_the_shipped_models_last_stage():
 
 
 def test_demo_finetune_is_the_recipe_over_a_time_budget(tmp_path):
-    from app.demo import FINETUNE_RECIPE, finetune_config
+    from app.commands.demo import FINETUNE_RECIPE, finetune_config
 
     cfg = finetune_config(tmp_path / "data", tmp_path / "run", tmp_path / "m.safetensors", 1.5, 3)
     recipe = load_train_config(FINETUNE_RECIPE)

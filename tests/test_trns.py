@@ -185,7 +185,8 @@ def test_maxsim_scores_chunked_equals_full():
 def test_never_negatives_are_target_reference_and_the_targets_scene():
     """With duplicated scenes (images 1 and 3 show one scene), the warm-up's excluded images hold the
     target's duplicates; the pools of the CIRR layout are every image."""
-    from training.cir_data import CIRData, negative_pools
+    from cirdata.tables import CIRData
+    from training.trns import negative_pools
 
     data = CIRData(kind="synth", split="train", names=list("abcde"), pixels=np.zeros((5, 2, 2, 3), np.uint8),
                    ref=np.array([0, 2]), tgt=np.array([1, 4]), texts=["x", "y"],
@@ -202,8 +203,9 @@ def test_never_negatives_are_target_reference_and_the_targets_scene():
 def test_targets_pool_is_the_training_targets_for_every_query():
     """trns_pool=targets: one pool of the distinct training targets (a fixed subset of the gallery), so
     mining scores far fewer images; an unknown mode names the choices."""
-    from training.cir_data import CIRData, negative_pools
+    from cirdata.tables import CIRData
     from training.errors import TrainingError
+    from training.trns import negative_pools
 
     data = CIRData(kind="synth", split="train", names=list("abcdef"), pixels=np.zeros((6, 2, 2, 3), np.uint8),
                    ref=np.array([0, 2, 5]), tgt=np.array([4, 1, 4]), texts=["x", "y", "z"])

@@ -10,7 +10,7 @@ from qdrant_client import QdrantClient
 from encoder import Encoder
 from encoder.bundle import BundleSpec
 from indexer import IndexerError
-from indexer.jobs import index_catalog
+from indexer.reindex_inprocess import index_catalog
 from indexer.report import JobReport, SwapPolicy, parse_share, swap_problem
 from indexer.versions import rollback, state, versions
 from plugin import store
@@ -136,7 +136,7 @@ def test_payload_index_types_are_checked_before_anything_exists(tmp_path, capsys
 
 def test_one_job_per_alias_with_a_file_lock_in_local_mode(tiny_bundle, images, tmp_path, monkeypatch):
     from indexer.locks import alias_lock
-    from indexer.run import run_index, run_rollback
+    from indexer.reindex import run_index, run_rollback
     from indexer.settings import load_settings, with_overrides
 
     monkeypatch.delenv("QDRANT_URL", raising=False)

@@ -10,7 +10,7 @@ import redis
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from indexer import ledger
-from indexer.distributed import default_deadline
+from indexer.reindex_workers import default_deadline
 from plugin import store
 from plugin.store import is_transient
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from training.config import load_train_config
-    from training.distributed import cleanup, setup
+    from training.ddp import cleanup, setup
     from training.train import train
 
     dist = None

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.cir_data import TRNS_POOLS
-from training.datasets import read_json
+from cirdata.datasets import read_json
 from training.errors import TrainingError
-from training.trns import MidZoneConfig
+from training.trns import TRNS_POOLS, MidZoneConfig
 
 LOSSES = ("contrastive", "pairwise", "both")
 

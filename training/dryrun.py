@@ -67,8 +67,8 @@ def build_meta_model(cfg: TrainConfig):
     import torch
     from transformers import Blip2Config
 
+    from cirdata.vocab import build_tokenizer
     from training.model import DQECIR, adopt_blip2_config, model_config, pretrained_dir
-    from training.vocab import build_tokenizer
 
     overrides = {k: v for k, v in cfg.model_overrides.items() if k != "pretrained"}
     mc = model_config(cfg.model, **overrides)
@@ -97,7 +97,8 @@ def model_dims(model) -> Dims:
 def data_sizes(cfg: TrainConfig, image_size: int) -> Sizes:
     """Counts from the annotation files (images are listed, never read); a bad file fails here as it
     would in training."""
-    from training.cir_data import load_cir_data, negative_pools
+    from cirdata.tables import load_cir_data
+    from training.trns import negative_pools
 
     train = load_cir_data(cfg.data, cfg.root, "train", image_size, progress=False, lazy=True)
     pools = negative_pools(train, cfg.trns_pool)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cirdata import protocol
+from cirdata.tables import CIRData
 from encoder.fusion import resolve_weights
 from encoder.text import TextTokenizer
 from training.attributes import scene_objects
-from training.cir_data import CIRData
-from training.metrics import circo_map, cirr_metrics, cirr_ranks, fashioniq_metrics, top_k
 from training.model import DQECIR, inference_autocast, maxsim
 
 
@@ -89,44 +89,18 @@ def compose_queries(model: DQECIR, tok: TextTokenizer, data: CIRData, batch_size
     return q, {k: v.numpy() for k, v in parts.items()}
 
 
-def protocol_metrics(data: CIRData, scores: np.ndarray) -> dict:
-    """CIRR protocol for CIRR and the synthetic set (plus same-scene duplicates counted as hits),
-    FashionIQ's per-category protocol, CIRCO's mAP@K."""
-    if data.kind == "circo":
-        return circo_map(circo_rankings(data, scores), data.positives)
-    if data.kind == "fashioniq":
-        per_cat = {}
-        for ci, cat in enumerate(data.group_names):
-            qs = np.flatnonzero(data.query_group == ci)
-            if not len(qs):
-                continue
-            gal = np.flatnonzero(data.group == ci)
-            pos = {g: j for j, g in enumerate(gal)}
-            per_cat[cat] = (scores[np.ix_(qs, gal)], [pos[t] for t in data.tgt[qs]])
-        return fashioniq_metrics(per_cat)
-    return cirr_metrics(scores, *_cirr_args(data))
-
-
-def _cirr_args(data: CIRData) -> tuple:
-    """cirr_metrics' / cirr_ranks' arguments after the scores: gallery, references, targets, members,
-    positives (same-scene duplicates of the target, synthetic set)."""
-    names = data.names
-    same = data.same_scene_images()
-    positives = None if same is None else [[names[j] for j in same[t]] for t in data.tgt]
-    return (names, [names[r] for r in data.ref], [names[t] for t in data.tgt],
-            [[names[m] for m in mem] for mem in data.members], positives)
-
-
 def query_hits(data: CIRData, scores: np.ndarray) -> dict[str, np.ndarray]:
-    """Per query (CIRR protocol, as protocol_metrics counts them): right at R@1 and at Rs@1, bool [Q];
-    what a paired test between two models compares."""
-    ranks, sub_ranks = cirr_ranks(scores, *_cirr_args(data))
-    return {"R@1": ranks < 1, "Rs@1": sub_ranks < 1}
+    """Per query (CIRR protocol, as the metrics count them): right at R@1 and at Rs@1, bool [Q]; what a
+    paired test between two models compares."""
+    queries = protocol.queries_of(data)
+    return protocol.query_hits(queries, protocol.rank_scores("cirr", data, scores, depth=1, queries=queries))
 
 
-def circo_rankings(data: CIRData, scores: np.ndarray, k: int = 50) -> list[list[int]]:
-    """Gallery indices of each query's top k, its reference left out (it is never a correct answer)."""
-    return top_k(scores, k, data.ref).tolist()
+def top1_without_reference(data: CIRData, scores: np.ndarray) -> np.ndarray:
+    """Each query's best gallery image other than its reference (what the edit diagnostics look at)."""
+    s = np.array(scores, dtype=np.float64)
+    s[np.arange(len(s)), data.ref] = -np.inf
+    return s.argmax(axis=1)
 
 
 def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
@@ -134,9 +108,7 @@ def error_breakdown(data: CIRData, scores: np.ndarray) -> dict:
     target's: wrong color, wrong shape, or other (position, size, wrong object...)."""
     if data.scene_keys is None:
         return {}
-    s = scores.copy()
-    s[np.arange(len(s)), data.ref] = -np.inf
-    top = s.argmax(axis=1)
+    top = top1_without_reference(data, scores)
     counts = {"correct": 0, "wrong_color": 0, "wrong_shape": 0, "wrong_other": 0}
     for i, t in enumerate(top):
         got, want = data.scene_keys[t], data.scene_keys[data.tgt[i]]
@@ -159,9 +131,7 @@ def edit_accuracy(data: CIRData, scores: np.ndarray) -> dict:
     edit: color, shape, and every other kind together. Synthetic set only (it knows the edit kinds)."""
     if data.scene_keys is None or not any(data.edit_kinds):
         return {}
-    s = scores.copy()
-    s[np.arange(len(s)), data.ref] = -np.inf
-    top = s.argmax(axis=1)
+    top = top1_without_reference(data, scores)
     hits: dict[str, list[bool]] = {"color": [], "shape": [], "other": []}
     for i, t in enumerate(top):
         kind = data.edit_kinds[i] if data.edit_kinds[i] in ("color", "shape") else "other"
@@ -175,7 +145,7 @@ def evaluate(model: DQECIR, tok: TextTokenizer, data: CIRData, weights_override:
     scores = gallery_scores(model, data, q)
     if (data.tgt < 0).any():
         return Evaluation({}, scores)
-    metrics = protocol_metrics(data, scores)
+    metrics = protocol.score_metrics(data, scores)
     errors = error_breakdown(data, scores)
     if errors:
         metrics["errors"] = errors

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cirdata.tables import CIRData
 from encoder.text import TextTokenizer
-from training.cir_data import CIRData, NegativePools
-from training.distributed import Dist
+from training.ddp import Dist
 from training.errors import TrainingError
 from training.evaluate import compose_queries, encode_gallery
 from training.model import DQECIR, maxsim_scores
-from training.trns import MidZoneConfig, mine_mid_zones
+from training.trns import MidZoneConfig, NegativePools, mine_mid_zones
 
 
 @torch.no_grad()

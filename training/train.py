@@ -24,20 +24,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cirdata.scenes import noisy_phrasing
+from cirdata.tables import CIRData, load_cir_data
+from cirdata.vocab import build_tokenizer, filler_words
 from encoder.text import TextTokenizer
 from training.attributes import SCENE_FIELDS, caption_attributes, twin_negatives, unknown_scene_attributes
 from training.checkpoint import LAST, load_checkpoint, load_trainer_state, save_checkpoint
-from training.cir_data import CIRData, load_cir_data, negative_pools
 from training.config import TrainConfig, load_train_config
-from training.distributed import Dist, gather_with_grad
+from training.ddp import Dist, gather_with_grad
 from training.errors import TrainingError
 from training.evaluate import evaluate
 from training.losses import attribute_loss, in_batch_contrastive, margin_ranking, pairwise_kl, rowwise_maxsim
 from training.mining import mine_negatives
 from training.model import DQECIR, ModelConfig, StepForward, maxsim, model_config, pretrained_tokenizer
-from training.scenes import noisy_phrasing
-from training.trns import MidZoneConfig, NegativeSampler, random_negatives, rebuild_epochs
-from training.vocab import build_tokenizer, filler_words
+from training.trns import MidZoneConfig, NegativeSampler, negative_pools, random_negatives, rebuild_epochs
 
 __all__ = ["LAST", "TrainConfig", "Trainer", "budget_total_steps", "build_model", "load_checkpoint",
            "load_train_config", "lr_at", "save_checkpoint", "train"]

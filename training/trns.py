@@ -14,6 +14,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cirdata.tables import CIRData
+from training.errors import TrainingError
+
+
+@dataclass
+class NegativePools:
+    pools: list[np.ndarray]  # image indices of each candidate pool, sorted
+    of_query: np.ndarray  # the pool of every query
+
+
+TRNS_POOLS = ("auto", "all", "targets")
+
+
+def negative_pools(data: CIRData, mode: str = "auto") -> NegativePools:
+    """Where TRNS (and the warm-up's random negatives) take negatives from. auto, METHOD.md's [QuRe]:
+    FashionIQ: the training targets of the query's category; CIRR and the synthetic set: every
+    training image. all: every training image for every query. targets: the training targets only, for
+    every query (a fixed subset of the gallery: on the synthetic set under a fifth of it, so mining is ~5x cheaper)."""
+    if mode not in TRNS_POOLS:
+        raise TrainingError(f"trns_pool must be one of {', '.join(TRNS_POOLS)}, not {mode!r}")
+    if mode == "targets":
+        return NegativePools([np.unique(data.tgt)], np.zeros(len(data.ref), dtype=np.int64))
+    if mode == "all" or data.query_group is None:
+        return NegativePools([np.arange(len(data.names))], np.zeros(len(data.ref), dtype=np.int64))
+    pools = [np.unique(data.tgt[data.query_group == g]) for g in range(len(data.group_names))]
+    return NegativePools(pools, data.query_group.copy())
+
+
 
 def delta_scores(scores: np.ndarray, targets: np.ndarray, dtype=np.float64) -> np.ndarray:
     """scores [Q, N] of every query against every pool candidate; targets: pool index per query."""

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cirdata import datasets as ds
+from cirdata.errors import DataError
 from encoder.errors import EncoderError
 from encoder.preprocess import load_image, normalize, prepare_image
-from training import datasets as ds
-from training.errors import TrainingError
 
 DATA_KINDS = ("synth", "cirr", "fashioniq", "circo")
 CIRCO_TEXTS = ("caption", "concept")  # the CIRCO query text: the relative caption, or "<shared concept> that <caption>"
@@ -26,7 +26,7 @@ def _read(path: Path, image_size: int) -> np.ndarray:
     try:
         return prepare_image(load_image(path, draft_size=image_size), image_size)
     except EncoderError as e:
-        raise TrainingError(f"{path}: {e}") from e
+        raise DataError(f"{path}: {e}") from e
 
 
 class ImageTable:
@@ -103,30 +103,6 @@ class CIRData:
         return self.same_scene_images()
 
 
-@dataclass
-class NegativePools:
-    pools: list[np.ndarray]  # image indices of each candidate pool, sorted
-    of_query: np.ndarray  # the pool of every query
-
-
-TRNS_POOLS = ("auto", "all", "targets")
-
-
-def negative_pools(data: CIRData, mode: str = "auto") -> NegativePools:
-    """Where TRNS (and the warm-up's random negatives) take negatives from. auto, METHOD.md's [QuRe]:
-    FashionIQ: the training targets of the query's category; CIRR and the synthetic set: every
-    training image. all: every training image for every query. targets: the training targets only, for
-    every query (a fixed subset of the gallery: on the synthetic set under a fifth of it, so mining is ~5x cheaper)."""
-    if mode not in TRNS_POOLS:
-        raise TrainingError(f"trns_pool must be one of {', '.join(TRNS_POOLS)}, not {mode!r}")
-    if mode == "targets":
-        return NegativePools([np.unique(data.tgt)], np.zeros(len(data.ref), dtype=np.int64))
-    if mode == "all" or data.query_group is None:
-        return NegativePools([np.arange(len(data.names))], np.zeros(len(data.ref), dtype=np.int64))
-    pools = [np.unique(data.tgt[data.query_group == g]) for g in range(len(data.group_names))]
-    return NegativePools(pools, data.query_group.copy())
-
-
 def _load_pixels(paths: list[Path], image_size: int, progress: bool, lazy: bool = False) -> np.ndarray | ImageTable:
     if lazy:
         return ImageTable(paths, image_size)
@@ -143,7 +119,7 @@ def load_cir_data(kind: str, root: str | Path, split: str, image_size: int, prog
     images, circo_text: CIRCO's image folder (default <root>/COCO2017_unlabeled/unlabeled2017) and
     query text form."""
     if kind not in DATA_KINDS:
-        raise TrainingError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
+        raise DataError(f"unknown data kind {kind!r}; choose one of {', '.join(DATA_KINDS)}")
     if kind == "fashioniq":
         return _load_fashioniq(root, split, image_size, progress, max_queries, lazy)
     if kind == "circo":
@@ -154,9 +130,8 @@ def load_cir_data(kind: str, root: str | Path, split: str, image_size: int, prog
     index = {n: i for i, n in enumerate(names)}
     pixels = _load_pixels([data.images[n] for n in names], image_size, progress, lazy)
     scene_captions = scene_keys = None
-    scenes_path = Path(root) / "scenes" / f"scenes.{data.name}.{split}.json"
-    if scenes_path.is_file():
-        scenes = ds.read_json(scenes_path)
+    scenes = ds.read_scenes(data)
+    if scenes is not None:
         scene_captions = [scenes[n]["caption"] for n in names]
         scene_keys = [scenes[n]["key"] for n in names]
     return CIRData(
@@ -203,7 +178,7 @@ def circo_query_text(q: ds.CIRCOQuery, form: str = "caption") -> str:
     """The query's text: its relative caption (METHOD.md's query form: reference image + text), or with
     the shared concept in front ("concept")."""
     if form not in CIRCO_TEXTS:
-        raise TrainingError(f"circo_text must be one of {', '.join(CIRCO_TEXTS)}, not {form!r}")
+        raise DataError(f"circo_text must be one of {', '.join(CIRCO_TEXTS)}, not {form!r}")
     return q.caption if form == "caption" else f"{q.shared_concept} that {q.caption}"
 
 
@@ -215,7 +190,7 @@ def _load_circo(root, split, image_size, max_queries, images, text_form) -> CIRD
     index = {image_id: i for i, image_id in enumerate(gallery)}
     missing = sorted({x for q in queries for x in [q.reference, *q.targets] if x not in index})
     if missing:
-        raise TrainingError(f"{len(missing)} images that CIRCO's {split}.json names are not in the gallery at "
+        raise DataError(f"{len(missing)} images that CIRCO's {split}.json names are not in the gallery at "
                             f"{ds.circo_images_dir(root, images)} (first: {missing[0]}); is it the whole COCO 2017 "
                             "unlabeled set?")
     return CIRData(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from encoder.bundle import read_bundle
 from indexer import ledger
-from indexer.catalog import Catalog, open_catalog
+from indexer.catalog import DEFAULT_CHUNK_SIZE, Catalog, open_catalog
 from indexer.locks import AliasLocks, alias_lock
 from indexer.report import JobReport, SwapPolicy
 from indexer.settings import Settings, open_client
@@ -48,9 +48,9 @@ def default_deadline(n_chunks: int, task_time_limit: float, visibility_timeout: 
 
 
 def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incremental: bool = False,
-                       chunk_size: int = 32, payload_indexes: dict | None = None, progress: bool = True,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE, payload_indexes: dict | None = None, progress: bool = True,
                        timeout: float | None = None, poll: float = 0.5, storage: str = "fp32",
-                       policy: SwapPolicy | None = None) -> JobReport:
+                       policy: SwapPolicy | None = None, design: str | None = None) -> JobReport:
     """A full or incremental job through `celery -A indexer worker` processes. `timeout`: seconds to wait
     for the chunks (default: default_deadline). Raises IndexerError, with the report in `.report`, when
     the build must not go live."""
@@ -65,7 +65,7 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
             if incremental:
                 name = incremental_target(client, alias, spec.fingerprint)
             else:
-                name = new_version(client, alias, spec, payload_indexes, storage)
+                name = new_version(client, alias, spec, payload_indexes, storage, design)
         report = JobReport(alias, name, "incremental" if incremental else "full", total=cat.count, job_id=job_id)
         try:
             chunks = _dispatch(cat, chunk_size, job_id, name, incremental, lock)

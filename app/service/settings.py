@@ -34,7 +34,6 @@ class ServiceConfig:
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1_000_000)
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     concurrency: int = 4  # searches running at once in this process; more wait their turn
-    max_k: int = MAX_K
 
     @property
     def bundle(self) -> str:

@@ -10,23 +10,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from app.training_commands import print_table
+from app.commands.training import print_table
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo" / "dqe-cir-demo.safetensors"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo" / "dqe-cir-demo.safetensors"
 FINETUNE_RECIPE = "demo-finetune"  # the shipped model's last stage
-DEMO_EXTRA = ("train,serve", ("torch", "transformers", "onnx", "onnxruntime", "qdrant_client"))
+DEMO_EXTRA = ("train,serve", ("training", "cirdata", "torch", "transformers", "onnx", "onnxruntime", "qdrant_client"))
 
 
 def cmd_demo(args) -> int:
-    from training.oracle import oracle_metrics
-    from training.synth import ensure_synth
+    from cirdata.oracle import oracle_metrics
+    from cirdata.synth import ensure_synth
 
     work = Path(args.workdir)
     size = "small" if args.quick else args.size
     data = ensure_synth(work / f"synth-{size}-{args.seed}", size, args.seed)
     print_table(oracle_metrics(data, "val"), title="[oracle] ground-truth oracle on val (must be 100)")
 
-    from training.cir_data import load_cir_data
+    from cirdata.tables import load_cir_data
     from training.evaluate import evaluate
     from training.export import export_bundle
     from training.train import LAST, load_checkpoint, train
@@ -53,7 +53,8 @@ def cmd_demo(args) -> int:
     tuned, tok, _ = load_checkpoint(run / LAST)
     export_bundle(tuned, tok, bundle, source={"checkpoint": str(run / LAST), "preset": tuned.cfg.preset})
 
-    from app.served import query_sheet, served_eval
+    from app.query_sheet import query_sheet
+    from app.served_eval import served_eval
 
     n_served = None if args.quick else args.served_queries
     print(f"[index] embedding the val catalog into local-mode Qdrant at {work / 'qdrant'} (in-process), then "

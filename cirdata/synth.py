@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from training.scenes import (
+from cirdata.scenes import (
     COLORS,
     POSITIONS,
     Scene,
@@ -110,7 +110,7 @@ def render_scene(scene: Scene, image_size: int, seed: list[int]) -> Image.Image:
 
 def _render_one(args) -> None:
     scene_objs, size, seed, path = args
-    from training.scenes import scene_from_dict
+    from cirdata.scenes import scene_from_dict
 
     render_scene(scene_from_dict(scene_objs), size, seed).save(path, format="PNG")
 

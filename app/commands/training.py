@@ -1,20 +1,33 @@
 """The torch-side commands: `dqe-cir data | pretrain | train | eval | export`.
 
 Registering them costs nothing: every handler imports what it needs when it runs, so a serving
-install (no torch) still builds the parser and runs its own commands.
+install (no torch; the serving image has no training/ or cirdata/ at all) still builds the parser and
+runs its own commands.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from training.cli import add_train_args
+# (extra, the modules a command needs): our own packages too, since the serving image carries neither
+TRAIN_EXTRA = ("train", ("training", "cirdata", "torch", "transformers"))
+EXPORT_EXTRA = ("train", ("training", "cirdata", "torch", "transformers", "onnx", "onnxruntime"))
+DATA_EXTRA = ("train", ("cirdata",))  # the loaders and the synthetic generator need numpy and Pillow only
 
-TRAIN_EXTRA = ("train", ("torch", "transformers"))
-EXPORT_EXTRA = ("train", ("torch", "transformers", "onnx", "onnxruntime"))
-DATA_EXTRA = ("train", ())  # the loaders and the synthetic generator need numpy and Pillow only
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """training.cli's flags; none where this install has no training/ package (app.cli then names the
+    extra to install instead of rejecting the flags it does not know)."""
+    try:
+        from training.cli import add_train_args as add
+    except ModuleNotFoundError as e:
+        if e.name != "training":
+            raise
+        return
+    add(p)
 
 
 def print_table(obj: dict, as_json: bool = False, title: str = "") -> None:
@@ -37,7 +50,7 @@ def print_table(obj: dict, as_json: bool = False, title: str = "") -> None:
 
 # --- data -------------------------------------------------------------------------------
 def cmd_data_synth(args) -> int:
-    from training.synth import generate
+    from cirdata.synth import generate
 
     summary = generate(args.out, size=args.size, seed=args.seed, image_size=args.image_size,
                        workers=args.workers, progress=not args.quiet)
@@ -48,7 +61,7 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_stats(args) -> int:
-    from training.datasets import split_stats
+    from cirdata.datasets import split_stats
 
     stats = split_stats(args.kind, args.root)
     if args.json:
@@ -66,7 +79,7 @@ def cmd_data_stats(args) -> int:
 
 
 def cmd_data_oracle(args) -> int:
-    from training.oracle import oracle_metrics
+    from cirdata.oracle import oracle_metrics
 
     print_table(oracle_metrics(args.root, args.split), args.json, f"oracle on {args.root} ({args.split})")
     return 0
@@ -96,16 +109,34 @@ def cmd_train(args, task: str = "cir") -> int:
     return 0
 
 
+def write_submission(args, data, scores) -> None:
+    """The test server's files of the split's rankings (CIRR, the synthetic set, CIRCO)."""
+    from cirdata.errors import DataError
+    from cirdata.protocol import protocol_of, rank_scores
+    from cirdata.submissions import write_circo_submission, write_cirr_submission
+
+    proto = protocol_of(args.data)
+    if proto == "fashioniq":
+        raise DataError("FashionIQ has no test server: --submission writes CIRR's and CIRCO's files")
+    rankings = rank_scores(proto, data, scores)
+    if proto == "circo":
+        path = write_circo_submission(Path(args.submission) / f"circo_{args.split}_submission.json", data.pairids,
+                                      rankings)
+        print(f"wrote {path}", file=sys.stderr)
+    else:
+        paths = write_cirr_submission(args.submission, data.pairids, rankings)
+        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+
+
 def cmd_eval(args) -> int:
+    from cirdata.tables import load_cir_data
     from encoder.fusion import parse_weights
     from training.checkpoint import load_checkpoint
-    from training.cir_data import load_cir_data
-    from training.evaluate import circo_rankings, evaluate
-    from training.metrics import write_circo_submission, write_cirr_submission
+    from training.evaluate import evaluate
 
     weights = parse_weights(args.weights)
     if args.served:
-        from app.served import compare_served
+        from app.served_eval import compare_served
 
         out = compare_served(args.checkpoint, args.data, args.root, args.split, args.max_queries, args.bundle,
                              progress=not args.json)
@@ -121,16 +152,8 @@ def cmd_eval(args) -> int:
     data = load_cir_data(args.data, args.root, args.split, model.cfg.image_size, not args.json, args.max_queries,
                          images=args.images, circo_text=args.circo_text)
     result = evaluate(model, tok, data, weights_override=weights)
-    names = data.names
-    if args.submission and args.data == "circo":
-        ranked = [[int(names[j]) for j in row] for row in circo_rankings(data, result.scores)]
-        path = write_circo_submission(Path(args.submission) / f"circo_{args.split}_submission.json", data.pairids,
-                                      ranked)
-        print(f"wrote {path}", file=sys.stderr)
-    elif args.submission:
-        paths = write_cirr_submission(args.submission, data.pairids, result.scores, names,
-                                      [names[r] for r in data.ref], [[names[m] for m in mem] for mem in data.members])
-        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    if args.submission:
+        write_submission(args, data, result.scores)
     if not result.metrics:
         if not args.submission:
             print("error: this split has no targets; pass --submission DIR to write the server files",

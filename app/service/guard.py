@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 
-from app.service_metrics import ServiceMetrics
+from app.service.metrics import ServiceMetrics
 
 
 class BodyTooLarge(Exception):

@@ -11,7 +11,7 @@ import string
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from training.scenes import ATTRIBUTE_WORDS, COLORS, HELD_OUT_ONLY_WORDS, POSITIONS, SHAPES, SIZES, TEMPLATES
+from cirdata.scenes import ATTRIBUTE_WORDS, COLORS, HELD_OUT_ONLY_WORDS, POSITIONS, SHAPES, SIZES, TEMPLATES
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 COMMON = (

@@ -244,7 +244,7 @@ async function loadInfo() {
   try {
     const info = await (await api("/v1/info")).json();
     buildSliders(info.attributes);
-    $("info").textContent = "Collection " + info.collection + ": " + info.points.toLocaleString() +
+    $("info").textContent = "Collection " + info.collection + ": " + info.items.toLocaleString() +
       " images. Bundle " + info.fingerprint.slice(0, 12) + ".";
     await loadSamples();
   } catch (e) {

@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.service_metrics import TimedEncoder
-from app.service_models import ApiError, HitOut, SearchRequest, SearchResponse, invalid
-from app.service_settings import ServiceConfig
+from app.service.metrics import TimedEncoder
+from app.service.models import ApiError, HitOut, SearchRequest, SearchResponse, invalid
+from app.service.settings import ServiceConfig
 
 SERVICE_MAX_PIXELS = 25_000_000  # an uploaded reference is decoded up to this size (about 5000 x 5000)
-HIDDEN_PAYLOAD = ("content_hash",)  # the indexer's bookkeeping, not the item's
+HIDDEN_PAYLOAD = ("content_hash", "token_index")  # the indexer's bookkeeping, not the item's
 
 
 @dataclass
@@ -24,29 +24,29 @@ class QueryResult:
     search_s: float
 
 
-BACKEND_TROUBLE = ("query on", "does not exist", "indexed with bundle", "was not created by")
-
-
 def backend_errors() -> tuple[type[Exception], ...]:
     """What a query can raise besides bugs: CIRSearch's errors and the Qdrant client's (a server that
     is down or answers with an error)."""
     from qdrant_client.http.exceptions import ApiException
 
-    from plugin import SearchError, StoreError
+    from plugin import PluginError
 
-    return SearchError, StoreError, ApiException, OSError
+    return PluginError, ApiException, OSError
 
 
 def search_error(e: Exception) -> ApiError:
-    """A failed query as the client's fault (4xx) or the backend's (503)."""
-    from plugin import SearchError
+    """A failed query as the client's fault (4xx) or the backend's (503), by the error's type (plugin/errors.py):
+    ItemNotFound 404, BadFilter 422 (on the `filter` field), any other BadQuery 400; everything else (the
+    collection missing or of another bundle, Qdrant down or erring) 503."""
+    from plugin import BadFilter, BadQuery, ItemNotFound
 
-    message = str(e)
-    if isinstance(e, SearchError) and "is not in collection" in message:
-        return ApiError(404, "not_found", message)
-    if isinstance(e, SearchError) and not any(t in message for t in BACKEND_TROUBLE):
-        return ApiError(400, "bad_request", message)  # an unreadable image, a bad filter, ...
-    return ApiError(503, "unavailable", f"search backend failed: {message}")
+    if isinstance(e, ItemNotFound):
+        return ApiError(404, "not_found", str(e))
+    if isinstance(e, BadFilter):
+        return invalid([{"field": "filter", "message": str(e)}])
+    if isinstance(e, BadQuery):
+        return ApiError(400, "bad_request", str(e))
+    return ApiError(503, "unavailable", f"search backend failed: {e}")
 
 
 class Backend:
@@ -133,7 +133,7 @@ class Backend:
             meta = (store.check_fingerprint(self.client, self.config.collection, enc.fingerprint) if enc
                     else store.collection_info(self.client, self.config.collection))
             checks["collection"] = {"ok": enc is not None, "detail": f"{self.config.collection!r}: "
-                                                                     f"{meta['points']} points"}
+                                                                     f"{meta['items']} items"}
         except Exception as e:  # StoreError: missing, not ours, other fingerprint
             checks["collection"] = {"ok": False, "detail": str(e)}
         return checks
@@ -174,9 +174,13 @@ class Backend:
     def sample(self, n: int) -> list[tuple[str, dict]]:
         from qdrant_client import models
 
+        from plugin import designs, store
+
         search = self.search()
+        one_each = designs.one_point_per_item(store.design_from(search.meta))  # token design: Q points an item
         try:
             resp = self.client.query_points(search.collection, query=models.SampleQuery(sample=models.Sample.RANDOM),
+                                            query_filter=one_each,
                                             limit=n, with_payload=True, with_vectors=False)
         except Exception as e:
             raise ApiError(503, "unavailable", f"sampling {self.config.collection!r} failed: {e}") from e

@@ -1,7 +1,7 @@
 """Loaders for CIRR (and the synthetic set, which uses its layout), FashionIQ and CIRCO.
 
 Annotation parsing only, no pixels and no torch: each loader returns plain dataclasses with image
-names and absolute paths. A malformed file is a TrainingError naming the file and the field; with
+names and absolute paths. A malformed file is a DataError naming the file and the field; with
 on_error="skip" a bad record is dropped and counted in `skipped` instead.
 """
 
@@ -12,28 +12,28 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.errors import TrainingError
+from cirdata.errors import DataError
 
 FIQ_CATEGORIES = ("dress", "shirt", "toptee")
 
 
 def read_json(path: Path):
     if not path.is_file():
-        raise TrainingError(f"{path}: file not found")
+        raise DataError(f"{path}: file not found")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise TrainingError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
 
 
 def _field(record: dict, name: str, path: Path, index: int, kind=None):
     if not isinstance(record, dict):
-        raise TrainingError(f"{path}: record {index} is a {type(record).__name__}, expected an object")
+        raise DataError(f"{path}: record {index} is a {type(record).__name__}, expected an object")
     if name not in record:
-        raise TrainingError(f"{path}: record {index} has no field {name!r}")
+        raise DataError(f"{path}: record {index} has no field {name!r}")
     value = record[name]
     if kind is not None and not isinstance(value, kind):
-        raise TrainingError(f"{path}: record {index} field {name!r} should be {kind}, got {type(value).__name__}")
+        raise DataError(f"{path}: record {index} field {name!r} should be {kind}, got {type(value).__name__}")
     return value
 
 
@@ -42,10 +42,10 @@ class _Skipper:
 
     def __init__(self, on_error: str):
         if on_error not in ("raise", "skip"):
-            raise TrainingError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+            raise DataError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.on_error, self.count, self.reasons = on_error, 0, []
 
-    def __call__(self, error: TrainingError) -> None:
+    def __call__(self, error: DataError) -> None:
         if self.on_error == "raise":
             raise error
         self.count += 1
@@ -87,33 +87,50 @@ def cirr_dataset_name(root: Path) -> str:
     """'rc2' or 'synth' (or any other release name) from the files under captions/."""
     names = sorted({p.name.split(".")[1] for p in (root / "captions").glob("cap.*.*.json")})
     if not names:
-        raise TrainingError(f"{root / 'captions'}: no cap.<name>.<split>.json files; is {root} a CIRR-layout root?")
+        raise DataError(f"{root / 'captions'}: no cap.<name>.<split>.json files; is {root} a CIRR-layout root?")
     if len(names) > 1:
-        raise TrainingError(f"{root}: several releases ({', '.join(names)}); pass name=...")
+        raise DataError(f"{root}: several releases ({', '.join(names)}); pass name=...")
     return names[0]
+
+
+def scenes_path(split: CIRRSplit) -> Path:
+    """Where a synthetic split keeps each image's ground-truth scene (no other data set has the file)."""
+    return split.root / "scenes" / f"scenes.{split.name}.{split.split}.json"
+
+
+def read_scenes(split: CIRRSplit) -> dict[str, dict] | None:
+    """image name -> {"key", "objects", "caption"} of a synthetic split; None where the split knows no scenes."""
+    path = scenes_path(split)
+    return read_json(path) if path.is_file() else None
+
+
+def scene_keys(split: CIRRSplit) -> dict[str, str] | None:
+    """image name -> scene key (images with one key show the same scene); None where scenes are unknown."""
+    scenes = read_scenes(split)
+    return None if scenes is None else {n: s["key"] for n, s in scenes.items()}
 
 
 def load_cirr(root: str | Path, split: str, name: str | None = None, check_images: bool = False,
               on_error: str = "raise") -> CIRRSplit:
     root = Path(root).resolve()
     if split not in CIRR_SPLITS:
-        raise TrainingError(f"unknown CIRR split {split!r}; choose one of {', '.join(CIRR_SPLITS)}")
+        raise DataError(f"unknown CIRR split {split!r}; choose one of {', '.join(CIRR_SPLITS)}")
     name = name or cirr_dataset_name(root)
     split_path = root / "image_splits" / f"split.{name}.{split}.json"
     raw_split = read_json(split_path)
     if not isinstance(raw_split, dict):
-        raise TrainingError(f"{split_path}: expected an object of image name -> relative path")
+        raise DataError(f"{split_path}: expected an object of image name -> relative path")
     images = {n: (root / p).resolve() for n, p in raw_split.items()}
     skip = _Skipper(on_error)
     if check_images:
         for n, p in list(images.items()):
             if not p.is_file():
-                skip(TrainingError(f"{split_path}: image {n!r} -> {p} does not exist"))
+                skip(DataError(f"{split_path}: image {n!r} -> {p} does not exist"))
                 images.pop(n, None)
     cap_path = root / "captions" / f"cap.{name}.{split}.json"
     raw = read_json(cap_path)
     if not isinstance(raw, list):
-        raise TrainingError(f"{cap_path}: expected a list of query records")
+        raise DataError(f"{cap_path}: expected a list of query records")
     queries = []
     # CIRR's test1 hides its targets; the synthetic set's test1 keeps them.
     has_target = split != "test1" or (bool(raw) and isinstance(raw[0], dict) and "target_hard" in raw[0])
@@ -134,8 +151,8 @@ def load_cirr(root: str | Path, split: str, name: str | None = None, check_image
             )
             for img in [q.reference] + ([q.target] if q.target else []) + q.members:
                 if img not in images:
-                    raise TrainingError(f"{cap_path}: record {i} names image {img!r}, which {split_path} lacks")
-        except TrainingError as e:
+                    raise DataError(f"{cap_path}: record {i} names image {img!r}, which {split_path} lacks")
+        except DataError as e:
             skip(e)
             continue
         queries.append(q)
@@ -193,45 +210,45 @@ class FIQSplit:
                 return p
         if not must_exist:  # read later (or never, in a dry run): a missing file is reported then
             return self.root / "images" / f"{image_id}.png"
-        raise TrainingError(f"FashionIQ image {image_id!r} not found under {self.root / 'images'} (.png or .jpg)")
+        raise DataError(f"FashionIQ image {image_id!r} not found under {self.root / 'images'} (.png or .jpg)")
 
 
 def load_fashioniq(root: str | Path, split: str, categories=FIQ_CATEGORIES, check_images: bool = False,
                    on_error: str = "raise") -> FIQSplit:
     root = Path(root).resolve()
     if split not in FIQ_SPLITS:
-        raise TrainingError(f"unknown FashionIQ split {split!r}; choose one of {', '.join(FIQ_SPLITS)}")
+        raise DataError(f"unknown FashionIQ split {split!r}; choose one of {', '.join(FIQ_SPLITS)}")
     categories = (categories,) if isinstance(categories, str) else tuple(categories)
     for c in categories:
         if c not in FIQ_CATEGORIES:
-            raise TrainingError(f"unknown FashionIQ category {c!r}; choose from {', '.join(FIQ_CATEGORIES)}")
+            raise DataError(f"unknown FashionIQ category {c!r}; choose from {', '.join(FIQ_CATEGORIES)}")
     skip = _Skipper(on_error)
     out = FIQSplit(split, root, categories, [], {})
     for cat in categories:
         split_path = root / "image_splits" / f"split.{cat}.{split}.json"
         ids = read_json(split_path)
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-            raise TrainingError(f"{split_path}: expected a list of image ids")
+            raise DataError(f"{split_path}: expected a list of image ids")
         known = set(ids)
         cap_path = root / "captions" / f"cap.{cat}.{split}.json"
         raw = read_json(cap_path)
         if not isinstance(raw, list):
-            raise TrainingError(f"{cap_path}: expected a list of triplets")
+            raise DataError(f"{cap_path}: expected a list of triplets")
         for i, r in enumerate(raw):
             try:
                 caps = _field(r, "captions", cap_path, i, list)
                 if len(caps) != 2 or not all(isinstance(c, str) for c in caps):
-                    raise TrainingError(f"{cap_path}: record {i} field 'captions' must hold two strings")
+                    raise DataError(f"{cap_path}: record {i} field 'captions' must hold two strings")
                 t = FIQTriplet(cat, _field(r, "candidate", cap_path, i, str),
                                _field(r, "target", cap_path, i, str) if split != "test" else r.get("target"),
                                (caps[0], caps[1]))
                 if split != "test" and t.target not in known:
-                    raise TrainingError(f"{cap_path}: record {i} target {t.target!r} is not in {split_path}")
+                    raise DataError(f"{cap_path}: record {i} target {t.target!r} is not in {split_path}")
                 if check_images:
                     for img in (t.candidate, t.target):
                         if img is not None:
                             out.image_path(img)
-            except TrainingError as e:
+            except DataError as e:
                 skip(e)
                 continue
             out.triplets.append(t)
@@ -275,7 +292,7 @@ def circo_gallery(root: str | Path, images: str | Path | None = None) -> dict[in
     (in <images>/../annotations/, as the COCO download unpacks) or, without it, every <id>.jpg there."""
     folder = circo_images_dir(root, images)
     if not folder.is_dir():
-        raise TrainingError(f"{folder}: no such folder; CIRCO's gallery is the COCO 2017 unlabeled set "
+        raise DataError(f"{folder}: no such folder; CIRCO's gallery is the COCO 2017 unlabeled set "
                             "(unlabeled2017.zip from cocodataset.org): unpack it there or pass its folder")
     info = folder.parent / "annotations" / "image_info_unlabeled2017.json"
     if info.is_file():
@@ -283,24 +300,24 @@ def circo_gallery(root: str | Path, images: str | Path | None = None) -> dict[in
         try:
             return {int(r["id"]): folder / r["file_name"] for r in raw["images"]}
         except (KeyError, TypeError, ValueError) as e:
-            raise TrainingError(f"{info}: expected COCO image info ({{'images': [{{'id', 'file_name'}}]}}): {e}") from e
+            raise DataError(f"{info}: expected COCO image info ({{'images': [{{'id', 'file_name'}}]}}): {e}") from e
     out = {}
     for p in sorted(folder.glob("*.jpg")):
         if p.stem.isdigit():
             out[int(p.stem)] = p
     if not out:
-        raise TrainingError(f"{folder}: no <id>.jpg images (COCO names them like 000000123456.jpg)")
+        raise DataError(f"{folder}: no <id>.jpg images (COCO names them like 000000123456.jpg)")
     return out
 
 
 def load_circo(root: str | Path, split: str, on_error: str = "raise") -> CIRCOSplit:
     root = Path(root).resolve()
     if split not in CIRCO_SPLITS:
-        raise TrainingError(f"unknown CIRCO split {split!r}; choose one of {', '.join(CIRCO_SPLITS)}")
+        raise DataError(f"unknown CIRCO split {split!r}; choose one of {', '.join(CIRCO_SPLITS)}")
     path = root / "annotations" / f"{split}.json"
     raw = read_json(path)
     if not isinstance(raw, list):
-        raise TrainingError(f"{path}: expected a list of queries")
+        raise DataError(f"{path}: expected a list of queries")
     skip = _Skipper(on_error)
     queries = []
     for i, r in enumerate(raw):
@@ -312,7 +329,7 @@ def load_circo(root: str | Path, split: str, on_error: str = "raise") -> CIRCOSp
                 shared_concept=_field(r, "shared_concept", path, i, str),
                 targets=list(_field(r, "gt_img_ids", path, i, list)) if split == "val" else [],
             ))
-        except TrainingError as e:
+        except DataError as e:
             skip(e)
     return CIRCOSplit(split, root, queries, skip.count, skip.reasons)
 
@@ -347,5 +364,5 @@ def split_stats(kind: str, root: str | Path) -> dict:
             referenced = {q.reference for q in data.queries} | {t for q in data.queries for t in q.targets}
             out[split] = {"pairs": len(data.queries), "images": len(referenced)}
     else:
-        raise TrainingError(f"unknown benchmark kind {kind!r}; choose cirr, fashioniq or circo")
+        raise DataError(f"unknown benchmark kind {kind!r}; choose cirr, fashioniq or circo")
     return out

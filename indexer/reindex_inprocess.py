@@ -22,7 +22,7 @@ from qdrant_client import QdrantClient
 from tqdm import tqdm
 
 from encoder import Encoder
-from indexer.catalog import Catalog, open_catalog
+from indexer.catalog import DEFAULT_CHUNK_SIZE, Catalog, open_catalog
 from indexer.pipeline import DECODE_WORKERS, ChunkResult, embed_chunk, fed_batches
 from indexer.report import JobReport, SwapPolicy
 from indexer.versions import abandon_quietly, finish, incremental_target, new_version, rollback
@@ -32,19 +32,20 @@ __all__ = ["ChunkResult", "JobReport", "SwapPolicy", "embed_chunk", "index_catal
 
 
 def index_catalog(client: QdrantClient, encoder: Encoder, catalog: str | Path, alias: str = "catalog",
-                  incremental: bool = False, chunk_size: int = 64, payload_indexes: dict | None = None,
+                  incremental: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE, payload_indexes: dict | None = None,
                   allow_http: bool = False, progress: bool = True,
                   on_progress: Callable[[int, int], None] | None = None, storage: str = "fp32",
-                  policy: SwapPolicy | None = None, decode_workers: int = DECODE_WORKERS) -> JobReport:
+                  policy: SwapPolicy | None = None, decode_workers: int = DECODE_WORKERS,
+                  design: str | None = None) -> JobReport:
     """Run a full or incremental job. Raises IndexerError, with the report in `.report`, when the build
-    must not go live (see indexer.report). The caller holds the alias's job lock (indexer.run does)."""
+    must not go live (see indexer.report). The caller holds the alias's job lock (indexer.reindex does)."""
     policy = policy or SwapPolicy()
     t0 = time.time()
     cat = open_catalog(catalog)
     if incremental:
         name = incremental_target(client, alias, encoder.fingerprint)
     else:
-        name = new_version(client, alias, encoder.spec, payload_indexes, storage)
+        name = new_version(client, alias, encoder.spec, payload_indexes, storage, design)
     report = JobReport(alias, name, "incremental" if incremental else "full", total=cat.count)
     try:
         _fill(client, encoder, cat, report, chunk_size, allow_http, progress, on_progress, decode_workers)

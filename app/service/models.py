@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.service_settings import MAX_K
+from app.service.settings import MAX_K
 
 MAX_WEIGHT = 10.0
 MAX_TEXT = 500
@@ -68,14 +68,7 @@ class SearchRequest(BaseModel):
     @field_validator("filter")
     @classmethod
     def _filter(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        def scalar(x) -> bool:
-            return isinstance(x, (str, bool, int))
-
-        for key, value in (v or {}).items():
-            ok = scalar(value) or (isinstance(value, list) and value and all(scalar(x) for x in value))
-            if not ok:
-                raise ValueError(f"value for {key!r} must be a string, integer, bool or a non-empty list of them")
-        return v or None
+        return v or None  # what a filter may hold is the plugin's rule (plugin.search.to_filter: BadFilter, 422)
 
 
 class HitOut(BaseModel):
@@ -104,7 +97,8 @@ class ItemsOut(BaseModel):
 
 class ServiceInfo(BaseModel):
     collection: str
-    points: int
+    points: int  # Qdrant points (the token design stores one per image token)
+    items: int  # catalog images
     fingerprint: str
     attributes: list[str]
     max_k: int
@@ -112,9 +106,11 @@ class ServiceInfo(BaseModel):
     api_key_required: bool
 
 
-def validation_fields(e: ValidationError) -> list[dict]:
-    return [{"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body",
-             "message": err["msg"].removeprefix("Value error, ")} for err in e.errors()]
+def validation_fields(errors: list) -> list[dict]:
+    """pydantic's (or FastAPI's) error list as the API's fields: a dotted field name without the
+    location prefix, and the message without pydantic's "Value error, "."""
+    return [{"field": ".".join(str(p) for p in err["loc"] if p not in ("query", "path", "body")) or "body",
+             "message": err["msg"].removeprefix("Value error, ")} for err in errors]
 
 
 def invalid(fields: list[dict]) -> ApiError:
@@ -126,7 +122,7 @@ def parse_search(data: dict) -> SearchRequest:
     try:
         return SearchRequest.model_validate(data)
     except ValidationError as e:
-        raise invalid(validation_fields(e)) from None
+        raise invalid(validation_fields(e.errors())) from None
 
 
 def form_to_dict(form) -> dict:

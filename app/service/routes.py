@@ -28,10 +28,10 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.service_backend import Backend, backend_errors, search_error
-from app.service_guard import BodyTooLarge, Guard
-from app.service_metrics import CONTENT_TYPE, ServiceMetrics
-from app.service_models import (
+from app.service.backend import Backend, backend_errors, search_error
+from app.service.guard import BodyTooLarge, Guard
+from app.service.metrics import CONTENT_TYPE, ServiceMetrics
+from app.service.models import (
     FORM_FIELDS,
     ApiError,
     ItemOut,
@@ -42,8 +42,9 @@ from app.service_models import (
     form_to_dict,
     invalid,
     parse_search,
+    validation_fields,
 )
-from app.service_settings import MAX_K, ServiceConfig
+from app.service.settings import MAX_K, ServiceConfig
 
 log = logging.getLogger("dqe_cir.service")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -135,8 +136,8 @@ def create_app(config: ServiceConfig, *, client=None, encoder=None) -> FastAPI:
     @v1.get("/info", response_model=ServiceInfo, summary="What this process serves, and its limits")
     def info() -> ServiceInfo:
         meta = backend.collection_meta()
-        return ServiceInfo(collection=config.collection, points=meta["points"], fingerprint=meta["fingerprint"],
-                           attributes=list(backend.attributes), max_k=MAX_K,
+        return ServiceInfo(collection=config.collection, points=meta["points"], items=meta["items"],
+                           fingerprint=meta["fingerprint"], attributes=list(backend.attributes), max_k=MAX_K,
                            max_upload_bytes=config.max_upload_bytes, api_key_required=bool(config.api_key))
 
     app.include_router(v1)
@@ -170,9 +171,9 @@ def create_app(config: ServiceConfig, *, client=None, encoder=None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """The app for uvicorn worker processes (`--factory app.service:app_from_env`): config from the
+    """The app for uvicorn worker processes (`--factory app.service.routes:app_from_env`): config from the
     environment, which `dqe-cir serve` sets from its flags."""
-    from app.service_settings import config_from_env
+    from app.service.settings import config_from_env
 
     return create_app(config_from_env())
 
@@ -239,9 +240,7 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("query", "path", "body")),
-                   "message": e["msg"]} for e in exc.errors()]
-        return reply(request, invalid(fields))
+        return reply(request, invalid(validation_fields(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,9 +9,10 @@ import sys
 
 
 def cmd_index(args) -> int:
+    from indexer.catalog import DEFAULT_CHUNK_SIZE
     from indexer.errors import IndexerError
+    from indexer.reindex import run_index, run_rollback
     from indexer.report import SwapPolicy, parse_share
-    from indexer.run import run_index, run_rollback
     from indexer.settings import load_settings, with_overrides
     from plugin.store import parse_payload_indexes
 
@@ -24,10 +25,12 @@ def cmd_index(args) -> int:
         raise IndexerError("--catalog is required (a folder of images, or a .jsonl/.csv manifest)")
     policy = SwapPolicy(max_failed=parse_share(args.max_failed), keep=args.keep, keep_failed=args.keep_failed)
     use_workers = args.workers == "celery" or (args.workers == "auto" and settings.broker_configured)
+    chunk_size = args.chunk_size or DEFAULT_CHUNK_SIZE
     try:
         report = run_index(settings, args.catalog, args.collection, workers=use_workers, incremental=args.incremental,
-                           chunk_size=args.chunk_size, payload_indexes=parse_payload_indexes(args.payload_index),
-                           storage=args.storage, policy=policy, progress=not args.quiet, timeout=args.timeout)
+                           chunk_size=chunk_size, payload_indexes=parse_payload_indexes(args.payload_index),
+                           storage=args.storage, policy=policy, progress=not args.quiet, timeout=args.timeout,
+                           design=args.design)
     except IndexerError as e:
         if e.report is None:
             raise
@@ -69,9 +72,12 @@ def register_index(sub) -> None:
                    help="point the alias back at the newest complete older version")
     p.add_argument("--workers", choices=["auto", "celery", "none"], default="auto",
                    help="auto: Celery workers when CELERY_BROKER_URL is set, else in-process")
-    p.add_argument("--chunk-size", type=int, default=32)
+    p.add_argument("--chunk-size", type=int, help="items per chunk, one Celery task (default: 32)")
     p.add_argument("--payload-index", action="append", metavar="FIELD=TYPE",
                    help="payload index for filtering (keyword, integer, float, bool, text, datetime)")
+    p.add_argument("--design", choices=["pooled", "multivector", "token"],
+                   help="first-stage layout of the new version (default: plugin.store.DEFAULT_DESIGN; see the README's "
+                        "sizing table)")
     p.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="vector storage: fp32, float16 (half the RAM), int8 scalar quantisation")
     p.add_argument("--timeout", type=float, default=None,
@@ -163,7 +169,7 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from app.service_settings import ConfigError, config_from_env
+    from app.service.settings import ConfigError, config_from_env
     from encoder.bundle import read_bundle
 
     try:
@@ -188,7 +194,7 @@ def cmd_serve(args) -> int:
 
         threading.Timer(2.0, webbrowser.open, args=(url,)).start()
     if args.workers == 1:
-        from app.service import create_app
+        from app.service.routes import create_app
 
         uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
         return 0
@@ -196,7 +202,7 @@ def cmd_serve(args) -> int:
 
     os.environ.update(config.env())  # the worker processes read their config from the environment
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="dqe-cir-metrics-"))
-    uvicorn.run("app.service:app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port,
+    uvicorn.run("app.service.routes:app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port,
                 log_level=args.log_level)
     return 0
 
