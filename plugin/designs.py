@@ -52,7 +52,7 @@ class Design:
 
 
 # m 16 and ef_construct 100 are Qdrant's defaults; hnsw_ef from docs/benchmarks/search-edge.md at 100,000
-# items: multivector needs 256 (Recall@10 0.982 / 0.987 / 0.9995 at 64 / 128 / 256), token holds 1.000 at 128.
+# items: multivector needs 256 (Recall@10 0.9795 / 0.9895 / 0.9995 at 64 / 128 / 256), token 0.9995 at 128.
 DESIGN_DEFAULTS = {
     POOLED: Design(POOLED),
     MULTIVECTOR: Design(MULTIVECTOR, m=16, ef_construct=100, hnsw_ef=256),

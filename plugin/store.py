@@ -51,8 +51,8 @@ META_KEY = "dqe_cir"
 # The design new collections get (a re-index moves an alias to it). Chosen from docs/benchmarks/search-edge.md:
 # "pooled" until the design table there has numbers at 100k items.
 # From docs/benchmarks/search-edge.md (qdrant-edge, the demo model's embeddings, 100,000 items): multivector at
-# hnsw_ef 256 keeps Recall@10 0.9995 against exact MaxSim at a p50 of 1.33 ms, where pooled two-stage at its
-# default oversample 32 gives 0.977 at 2.98 ms, with fewer bytes per item; it also searches 1.5x faster than
+# hnsw_ef 256 keeps Recall@10 0.9995 against exact MaxSim at a p50 of 1.50 ms, where pooled two-stage at its
+# default oversample 32 gives 0.977 at 3.21 ms, with fewer bytes per item; it also searches faster than
 # pooled in local mode. The token design holds recall best (1.000 at ef 128) but builds 6x slower and is
 # unusable in local mode (one grouped query scans every token point there): an option, not the default.
 DEFAULT_DESIGN = designs.MULTIVECTOR

@@ -82,7 +82,8 @@ def test_a_worker_with_a_different_bundle(celery_env, live, tmp_path, tiny_bundl
     error = failed_job(env, settings, tmp_path, *live, worker_env={"DQE_CIR_BUNDLE": str(other)})
     ours, theirs = read_bundle(tiny_bundle).fingerprint, read_bundle(other).fingerprint
     for f in error.report.failed:
-        assert "BundleMismatch" in f["reason"] and f"indexed with bundle {ours}, but this bundle is {theirs}" in f["reason"]
+        assert "BundleMismatch" in f["reason"]
+        assert f"indexed with bundle {ours}, but this bundle is {theirs}" in f["reason"]
 
 
 def test_a_chunk_killed_by_the_hard_time_limit(celery_env, live, tmp_path):
