@@ -30,13 +30,14 @@ def served_metrics(search, data: CIRRSplit, batch: int = 32, progress: bool = Tr
     them); also returns the top-5 of every query."""
     from plugin.search import ItemRef
 
-    queries = cirr_queries(data)[:max_queries] if max_queries else cirr_queries(data)
+    queries = cirr_queries(data)[: max_queries or None]
+    captions = [q.caption for q in data.queries[: len(queries)]]  # cirr_queries keeps the split's order
     rankings = Rankings([], [])
     bar = tqdm(total=len(queries), desc="served queries", unit="q", disable=not progress)
     for s in range(0, len(queries), batch):
         qs = queries[s: s + batch]
         refs = [ItemRef(q.reference) for q in qs]
-        texts = [q.caption for q in data.queries[s: s + len(qs)]]
+        texts = captions[s: s + batch]
         full = search.query_batch(refs, texts, k=RANK_DEPTH, exact=True)  # the reference is left out
         rankings.ranked += [[h.id for h in hits] for hits in full]
         for q, ref, text in zip(qs, refs, texts, strict=True):
