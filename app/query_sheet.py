@@ -24,7 +24,7 @@ def query_sheet(data: CIRRSplit, tops: list[list[str]], out_dir: Path, n: int = 
         y = 10 + r * (thumb + 30)
         sheet.paste(Image.open(data.images[q.reference]).convert("RGB").resize((thumb, thumb)), (10, y))
         draw.text((10, y + thumb + 2), "reference", fill="black")
-        draw.multiline_text((thumb + 20, y + 10), _wrap(q.caption, 36), fill="black")
+        draw_words(draw, (thumb + 20, y + 10), q.caption, text_w - 20)
         for j, name in enumerate(tops[qi][:5]):
             x = thumb + text_w + 30 + j * thumb
             sheet.paste(Image.open(data.images[name]).convert("RGB").resize((thumb - 6, thumb - 6)), (x + 3, y + 3))
@@ -48,12 +48,37 @@ def query_sheet(data: CIRRSplit, tops: list[list[str]], out_dir: Path, n: int = 
     return png, page_path
 
 
-def _wrap(text: str, width: int) -> str:
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if len(line) + len(w) + 1 > width:
-            lines.append(line)
-            line = w
+WORD_GAP = 4  # px between words: the default font's own space is ~1 px wide ("to a" read as "toa")
+LINE_HEIGHT = 14
+
+
+def wrap_words(words: list[str], widths: list[float], width: float, gap: float = WORD_GAP) -> list[list[int]]:
+    """Greedy line breaking by measured widths: the indices of the words on each line (a word wider than a
+    line gets a line of its own)."""
+    lines: list[list[int]] = [[]]
+    used = 0.0
+    for i, w in enumerate(widths):
+        need = w if not lines[-1] else used + gap + w
+        if lines[-1] and need > width:
+            lines.append([i])
+            used = w
         else:
-            line = f"{line} {w}".strip()
-    return "\n".join(lines + [line])
+            lines[-1].append(i)
+            used = need
+    return lines if lines[-1] else lines[:-1]
+
+
+def draw_words(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, width: float) -> list[list[str]]:
+    """Draw `text` word by word with a fixed gap, wrapped to `width` px; returns the lines drawn."""
+    words = text.split()
+    widths = [draw.textlength(w) for w in words]
+    x0, y = xy
+    drawn = []
+    for line in wrap_words(words, widths, width):
+        x = x0
+        for i in line:
+            draw.text((x, y), words[i], fill="black")
+            x += widths[i] + WORD_GAP
+        drawn.append([words[i] for i in line])
+        y += LINE_HEIGHT
+    return drawn

@@ -6,12 +6,13 @@ the same checkpoint."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from cirdata.datasets import CIRRSplit, load_cirr
-from cirdata.protocol import RANK_DEPTH, Rankings, cirr_queries, ranked_metrics
+from cirdata.protocol import RANK_DEPTH, Rankings, cirr_queries, ranked_metrics, short_rankings
 
 
 def write_manifest(data: CIRRSplit, path: Path) -> Path:
@@ -46,6 +47,12 @@ def served_metrics(search, data: CIRRSplit, batch: int = 32, progress: bool = Tr
             rankings.subset.append([h.id for h in hits])
         bar.update(len(qs))
     bar.close()
+    short = short_rankings(queries, rankings, depth=min(RANK_DEPTH, len(data.images) - 1))
+    if short:  # scored as misses beyond their end; say which, so that nobody mistakes them for a model's fault
+        ids = ", ".join(str(data.queries[i].pairid) for i in short[:10])
+        print(f"warning: {len(short)} of {len(queries)} served rankings came back shorter than the protocol's "
+              f"depth (failed items or filters?), scored as misses beyond their end; pairids {ids}"
+              f"{' ...' if len(short) > 10 else ''}", file=sys.stderr)
     return ranked_metrics("cirr", queries, rankings), [r[:5] for r in rankings.ranked]
 
 

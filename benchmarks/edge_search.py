@@ -220,7 +220,8 @@ def cmd_local(args) -> None:
         times, hits = [], 0
         for q in queries:
             t0 = time.perf_counter()
-            found = search._search("c", q[None], [None], None, K, None, search.oversample, False, False)[0]
+            found = search._search("c", search.current()[1], q[None], [None], None, K, None, search.oversample, False,
+                                   False)[0]
             times.append(time.perf_counter() - t0)
             truth = {meta["names"][j] for j in np.argsort(-maxsim(q[None], np.asarray(tokens))[0])[:K]}
             hits += len(truth & {p["item_id"] for p, _, _ in found})

@@ -55,13 +55,30 @@ def protocol_of(kind: str) -> str:
     return PROTOCOL_OF_KIND[kind]
 
 
+MISS = np.iinfo(np.int64).max  # hit_ranks' value for a query whose ranking holds no hit: a miss at every K
+
+
 def hit_ranks(queries: Sequence[Query], ranked: Sequence[Sequence[str]]) -> np.ndarray:
-    """0-based position of each query's first hit in its ranking; the ranking's length when none is in
-    it (a miss at every K up to that length)."""
+    """0-based position of each query's first hit in its ranking; MISS when none is in it, so that a
+    ranking shorter than K without the target is a miss at K, never a hit (whatever its length)."""
     out = np.empty(len(queries), dtype=np.int64)
     for i, (q, ids) in enumerate(zip(queries, ranked, strict=True)):
         correct = set(q.correct)
-        out[i] = next((j for j, x in enumerate(ids) if x in correct), len(ids))
+        out[i] = next((j for j, x in enumerate(ids) if x in correct), MISS)
+    return out
+
+
+def short_rankings(queries: Sequence[Query], rankings: Rankings, depth: int = RANK_DEPTH) -> list[int]:
+    """The queries whose gallery ranking is shorter than `depth` or whose subset ranking (CIRR) leaves out
+    img_set members: scored as misses beyond their end (hit_ranks), and worth a word in a report (a
+    failed item, a filter, a gallery smaller than the protocol's depth)."""
+    out = []
+    for i, q in enumerate(queries):
+        short = len(rankings.ranked[i]) < depth
+        if rankings.subset is not None and q.members:
+            short |= len(rankings.subset[i]) < len([m for m in q.members if m != q.reference])
+        if short:
+            out.append(i)
     return out
 
 

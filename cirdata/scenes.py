@@ -56,6 +56,25 @@ def scene_key(scene: Scene) -> str:
     return "|".join(o.code for o in scene)
 
 
+_POS_FROM_CODE = {v: k for k, v in _POS_CODE.items()}
+
+
+def key_objects(key: str) -> list[tuple[str, str, str, str]]:
+    """A scene key 'tl:large-red-circle|br:small-blue-star' read back as (pos code, size, color, shape)
+    tuples, in the key's order (scene_key's inverse, field by field)."""
+    out = []
+    for part in key.split("|"):
+        pos, rest = part.split(":")
+        size, color, shape = rest.split("-")
+        out.append((pos, size, color, shape))
+    return out
+
+
+def scene_from_key(key: str) -> Scene:
+    """The scene a key names (scene_key's inverse)."""
+    return make_scene(Obj(_POS_FROM_CODE[p], size, color, shape) for p, size, color, shape in key_objects(key))
+
+
 def scene_from_dict(objs: list[dict]) -> Scene:
     return make_scene(Obj(**o) for o in objs)
 

@@ -54,10 +54,6 @@ class ComposeOutput:
         """The weights the fusion uses: the model's, with the caller's values for the names given."""
         return resolve_weights(self.weights, override, self.attributes)
 
-    def sub_query(self, name: str) -> np.ndarray:
-        """One attribute's sub-query [B, D]."""
-        return self.q_attrs[:, self.attributes.index(name)]
-
 
 class Encoder:
     def __init__(self, bundle: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,

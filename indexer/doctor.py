@@ -72,7 +72,7 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
         points = f" ({meta['points']} points)" if meta["points"] != meta["items"] else ""
         detail = (f"{collection!r}{f' -> {target}' if target else ''}: {meta['items']} items{points}, fingerprint "
                   f"{meta['fingerprint']}, build state {meta.get('state') or 'none (made before build states)'}, "
-                  f"{design_detail(meta)}")
+                  f"{design_detail(meta)}, {placement_detail(meta)}")
         if spec is not None and meta["fingerprint"] != spec.fingerprint:
             checks.append(Check("collection", False, detail + f" but the bundle is {spec.fingerprint}",
                                 "re-index with this bundle (dqe-cir index), or point DQE_CIR_BUNDLE at the bundle "
@@ -84,16 +84,27 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
     return checks
 
 
+def placement_detail(meta: dict) -> str:
+    """Shards, replicas, write consistency and on-disk storage the collection was made with."""
+    from plugin.placement import describe, placement_from_meta
+
+    try:
+        return describe(placement_from_meta(meta))
+    except (TypeError, ValueError) as e:
+        return f"placement: unreadable ({e})"
+
+
 def design_detail(meta: dict) -> str:
     """Which first-stage design the collection uses, its HNSW settings, and whether a re-index would change it
-    (a re-index creates the new version with store.DEFAULT_DESIGN)."""
+    (a re-index keeps it; `--design` moves it, indexer/versions.py)."""
     from plugin import store
 
     design = store.design_from(meta)
     params = ", ".join(f"{k} {v}" for k, v in design.to_meta().get("design_params", {}).items())
     text = f"design {design.name}{f' ({params})' if params else ''}"
     if design.name != store.DEFAULT_DESIGN:
-        text += f"; the default is now {store.DEFAULT_DESIGN}: a full re-index (dqe-cir index) moves it there"
+        text += (f"; the default for new aliases is {store.DEFAULT_DESIGN}: a full re-index with --design "
+                 f"{store.DEFAULT_DESIGN} moves it there (a re-index keeps it otherwise)")
     return text
 
 

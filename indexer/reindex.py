@@ -9,19 +9,22 @@ from pathlib import Path
 from indexer.catalog import DEFAULT_CHUNK_SIZE
 from indexer.report import JobReport, SwapPolicy
 from indexer.settings import Settings, open_client
+from plugin.placement import Placement
 
 
 def run_index(settings: Settings, catalog: str | Path, alias: str, workers: bool = False, incremental: bool = False,
               chunk_size: int = DEFAULT_CHUNK_SIZE, payload_indexes: dict | None = None, storage: str = "fp32",
               policy: SwapPolicy | None = None, progress: bool = True, timeout: float | None = None,
-              design: str | None = None) -> JobReport:
+              design: str | None = None, design_settings: dict | None = None,
+              placement: Placement | None = None) -> JobReport:
     """A full or incremental job; IndexerError (with `.report` when the job ran) if it did not go live."""
     if workers:
         from indexer.reindex_workers import index_with_workers
 
         return index_with_workers(catalog, alias, settings, incremental=incremental, chunk_size=chunk_size,
                                   payload_indexes=payload_indexes, progress=progress, timeout=timeout,
-                                  storage=storage, policy=policy, design=design)
+                                  storage=storage, policy=policy, design=design,
+                                  design_settings=design_settings, placement=placement)
     from encoder import Encoder
     from indexer.locks import alias_lock
     from indexer.reindex_inprocess import index_catalog
@@ -30,7 +33,8 @@ def run_index(settings: Settings, catalog: str | Path, alias: str, workers: bool
     with alias_lock(settings, alias, uuid.uuid4().hex) as lock, open_client(settings) as client:
         return index_catalog(client, encoder, catalog, alias, incremental=incremental, chunk_size=chunk_size,
                              payload_indexes=payload_indexes, allow_http=settings.allow_http, progress=progress,
-                             on_progress=lambda *_: lock.renew(), storage=storage, policy=policy, design=design)
+                             on_progress=lambda *_: lock.renew(), storage=storage, policy=policy, design=design,
+                             design_settings=design_settings, placement=placement)
 
 
 def run_rollback(settings: Settings, alias: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from indexer.pipeline import DECODE_WORKERS, ChunkResult, embed_chunk, fed_batch
 from indexer.report import JobReport, SwapPolicy
 from indexer.versions import abandon_quietly, finish, incremental_target, new_version, rollback
 from plugin import store
+from plugin.placement import Placement
 
 __all__ = ["ChunkResult", "JobReport", "SwapPolicy", "embed_chunk", "index_catalog", "rollback"]
 
@@ -36,16 +37,19 @@ def index_catalog(client: QdrantClient, encoder: Encoder, catalog: str | Path, a
                   allow_http: bool = False, progress: bool = True,
                   on_progress: Callable[[int, int], None] | None = None, storage: str = "fp32",
                   policy: SwapPolicy | None = None, decode_workers: int = DECODE_WORKERS,
-                  design: str | None = None) -> JobReport:
+                  design: str | None = None, design_settings: dict | None = None,
+                  placement: Placement | None = None) -> JobReport:
     """Run a full or incremental job. Raises IndexerError, with the report in `.report`, when the build
     must not go live (see indexer.report). The caller holds the alias's job lock (indexer.reindex does)."""
     policy = policy or SwapPolicy()
     t0 = time.time()
     cat = open_catalog(catalog)
     if incremental:
-        name = incremental_target(client, alias, encoder.fingerprint)
+        name = incremental_target(client, alias, encoder.fingerprint, design, placement,
+                                  **(design_settings or {}))
     else:
-        name = new_version(client, alias, encoder.spec, payload_indexes, storage, design)
+        name = new_version(client, alias, encoder.spec, payload_indexes, storage, design, placement,
+                           **(design_settings or {}))
     report = JobReport(alias, name, "incremental" if incremental else "full", total=cat.count)
     try:
         _fill(client, encoder, cat, report, chunk_size, allow_http, progress, on_progress, decode_workers)

@@ -25,6 +25,7 @@ from indexer.locks import AliasLocks, alias_lock
 from indexer.report import JobReport, SwapPolicy
 from indexer.settings import Settings, open_client
 from indexer.versions import abandon_quietly, finish, incremental_target, new_version
+from plugin.placement import Placement
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def default_deadline(n_chunks: int, task_time_limit: float, visibility_timeout: 
 def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incremental: bool = False,
                        chunk_size: int = DEFAULT_CHUNK_SIZE, payload_indexes: dict | None = None, progress: bool = True,
                        timeout: float | None = None, poll: float = 0.5, storage: str = "fp32",
-                       policy: SwapPolicy | None = None, design: str | None = None) -> JobReport:
+                       policy: SwapPolicy | None = None, design: str | None = None,
+                       design_settings: dict | None = None, placement: Placement | None = None) -> JobReport:
     """A full or incremental job through `celery -A indexer worker` processes. `timeout`: seconds to wait
     for the chunks (default: default_deadline). Raises IndexerError, with the report in `.report`, when
     the build must not go live."""
@@ -63,9 +65,11 @@ def index_with_workers(catalog: str | Path, alias: str, settings: Settings, incr
     with alias_lock(settings, alias, job_id, distributed=True) as lock:
         with open_client(settings) as client:
             if incremental:
-                name = incremental_target(client, alias, spec.fingerprint)
+                name = incremental_target(client, alias, spec.fingerprint, design, placement,
+                                          **(design_settings or {}))
             else:
-                name = new_version(client, alias, spec, payload_indexes, storage, design)
+                name = new_version(client, alias, spec, payload_indexes, storage, design, placement,
+                                   **(design_settings or {}))
         report = JobReport(alias, name, "incremental" if incremental else "full", total=cat.count, job_id=job_id)
         try:
             chunks = _dispatch(cat, chunk_size, job_id, name, incremental, lock)

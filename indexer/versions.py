@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import replace as dc_replace
 
 from qdrant_client import QdrantClient
 
@@ -23,6 +24,8 @@ from encoder.bundle import BundleSpec
 from indexer.errors import IndexerError
 from indexer.report import JobReport, SwapPolicy, incremental_problem, swap_problem
 from plugin import store
+from plugin.designs import Design
+from plugin.placement import Placement
 
 log = logging.getLogger(__name__)
 VERSION = re.compile(r"(?P<stamp>\d{14})(?:-(?P<n>\d+))?")
@@ -49,26 +52,85 @@ def state(client: QdrantClient, name: str) -> str | None:
         return None
 
 
+DESIGN_SETTINGS = ("m", "ef_construct", "hnsw_ef")
+
+
+def current_design(client: QdrantClient, alias: str) -> Design | None:
+    """The design (with its settings) of the version the alias points at; None without one."""
+    name = store.alias_target(client, alias)
+    if name is None:
+        return None
+    try:
+        return store.design_from(store.collection_info(client, name), name)
+    except store.StoreError:
+        return None
+
+
+def next_design(current: Design | None, design: str | Design | None = None, **settings) -> Design:
+    """The design of a new version: `design` when named (with the current one's settings if it is the same
+    design), else the current one (a re-index keeps the alias's design and settings), else the default; then
+    any of m / ef_construct / hnsw_ef given (None: unchanged)."""
+    unknown = sorted(set(settings) - set(DESIGN_SETTINGS))
+    if unknown:
+        raise IndexerError(f"unknown design settings {unknown}; known: {', '.join(DESIGN_SETTINGS)}")
+    if isinstance(design, Design):
+        base = design
+    elif design is not None:
+        base = current if current is not None and current.name == design else store.checked_design(design)
+    else:
+        base = current or store.checked_design(store.DEFAULT_DESIGN)
+    chosen = dc_replace(base, **{k: v for k, v in settings.items() if v is not None})
+    try:
+        return store.checked_design(chosen)
+    except store.StoreError as e:
+        raise IndexerError(str(e)) from e
+
+
 def new_version(client: QdrantClient, alias: str, spec: BundleSpec, payload_indexes: dict | None = None,
-                storage: str = "fp32", design: str | None = None) -> str:
+                storage: str = "fp32", design: str | Design | None = None, placement: Placement | None = None,
+                **settings) -> str:
     """Create the next version of `alias` (state building) and return its name, which sorts after every
     existing version, also when one was deleted within the same second. `design`: its first-stage layout
-    (plugin/designs.py; default plugin.store.DEFAULT_DESIGN, so a re-index moves an alias to the default)."""
+    (plugin/designs.py); None keeps the alias's current design and its settings (the default for a new
+    alias); `settings`: m / ef_construct / hnsw_ef over it. A change of design or settings is logged.
+    `placement`: shards, replicas, write consistency, on-disk vectors (plugin/placement.py)."""
+    current = current_design(client, alias)
+    chosen = next_design(current, design, **settings)
+    if current is not None and chosen != current:
+        log.warning("alias %r: the new version's design is %s (the live one's was %s)", alias, _shown(chosen),
+                    _shown(current))
+    design = chosen
     stamp, n = time.strftime("%Y%m%d%H%M%S", time.gmtime()), 0
     keys = [version_key(alias, c) for c in store.collections(client)]
     latest = max((k for k in keys if k is not None), default=None)
     if latest is not None and latest[0] >= stamp:  # same second (or a clock behind): still sorts newest
         stamp, n = latest[0], latest[1] + 1
     name = f"{alias}__{stamp}" + (f"-{n}" if n else "")
-    store.create_collection(client, name, spec, payload_indexes, storage, design)
+    store.create_collection(client, name, spec, payload_indexes, storage, design, placement)
     return name
 
 
-def incremental_target(client: QdrantClient, alias: str, fingerprint: str) -> str:
-    """The collection an incremental run writes into: the alias's target, indexed with this bundle."""
+def _shown(d: Design) -> str:
+    params = ", ".join(f"{k}={getattr(d, k)}" for k in DESIGN_SETTINGS if getattr(d, k) is not None)
+    return f"{d.name}" + (f" ({params})" if params else "")
+
+
+def incremental_target(client: QdrantClient, alias: str, fingerprint: str, design: str | Design | None = None,
+                       placement: Placement | None = None, **settings) -> str:
+    """The collection an incremental run writes into: the alias's target, indexed with this bundle. It keeps
+    its design: a design or setting that differs from the target's is refused, not silently ignored."""
     name = store.alias_target(client, alias)
     if name is None:
         raise IndexerError(f"alias {alias!r} does not exist yet; run a full index first (without --incremental)")
+    if placement is not None and not placement.is_default:
+        raise IndexerError(f"an incremental run writes into {name} where it is; shards, replicas and on-disk "
+                           "storage are chosen by a full re-index (drop --incremental)")
+    if design is not None or any(v is not None for v in settings.values()):
+        current = current_design(client, alias)
+        if current is None or next_design(current, design, **settings) != current:
+            shown = _shown(current) if current else "?"
+            raise IndexerError(f"an incremental run writes into {name} as it is ({shown}); a design or its settings "
+                               "change only with a full re-index (drop --incremental)")
     try:
         store.check_fingerprint(client, name, fingerprint)
     except store.StoreError as e:

@@ -6,6 +6,8 @@ from plugin.errors import (
     BadQuery,
     BundleMismatch,
     CollectionUnusable,
+    ItemImageMissing,
+    ItemImageUnavailable,
     ItemNotFound,
     PluginError,
     SearchError,
@@ -14,4 +16,5 @@ from plugin.errors import (
 from plugin.search import CIRSearch, Hit, ItemRef
 
 __all__ = ["CIRSearch", "Hit", "ItemRef", "PluginError", "SearchError", "StoreError", "BadQuery", "BadFilter",
-           "ItemNotFound", "CollectionUnusable", "BundleMismatch", "BackendUnavailable"]
+           "ItemNotFound", "ItemImageMissing", "ItemImageUnavailable", "CollectionUnusable", "BundleMismatch",
+           "BackendUnavailable"]

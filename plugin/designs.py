@@ -41,7 +41,7 @@ class Design:
     server's defaults, which `pooled` has always used), `hnsw_ef` for queries (None: Qdrant's default,
     ef_construct, never less than the request's limit)."""
 
-    name: str = POOLED
+    name: str  # no default: say which (store.DEFAULT_DESIGN is what a new alias gets)
     m: int | None = None
     ef_construct: int | None = None
     hnsw_ef: int | None = None
@@ -93,19 +93,23 @@ def design_from_meta(meta: dict) -> Design:
 
 
 # --- schema ------------------------------------------------------------------------------------
-def vectors_config(design: Design, dim: int, storage: str) -> dict[str, models.VectorParams]:
+def vectors_config(design: Design, dim: int, storage: str, on_disk: bool = False) -> dict[str, models.VectorParams]:
     """The named vectors of a collection of this design. Tokens and queries are unit vectors, so the dot
-    product is the cosine; int8 keeps the fp32 originals of the searched tokens on disk (rescoring reads them)."""
+    product is the cosine; int8 keeps the fp32 originals of the searched tokens on disk (rescoring reads them).
+    on_disk: every vector and the searched graph memory-mapped from disk (catalogs above a node's RAM)."""
     dtype = models.Datatype.FLOAT16 if storage == "fp16" else None
-    on_disk = storage == "int8"
+    graph_on_disk = True if on_disk else None
+    on_disk = on_disk or storage == "int8"
     max_sim = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
-    graph = models.HnswConfigDiff(m=design.m, ef_construct=design.ef_construct)
+    graph = models.HnswConfigDiff(m=design.m, ef_construct=design.ef_construct, on_disk=graph_on_disk)
     if design.name == POOLED:  # its graph: the server's defaults unless the Design names m or ef_construct
         return {TOKENS: models.VectorParams(size=dim, distance=models.Distance.DOT, datatype=dtype,
                                             multivector_config=max_sim, hnsw_config=models.HnswConfigDiff(m=0),
                                             on_disk=on_disk),
                 POOLED_VECTOR: models.VectorParams(size=dim, distance=models.Distance.COSINE, datatype=dtype,
-                                                   hnsw_config=graph if design.m or design.ef_construct else None)}
+                                                   on_disk=graph_on_disk,
+                                                   hnsw_config=graph if design.m or design.ef_construct or graph_on_disk
+                                                   else None)}
     if design.name == MULTIVECTOR:
         return {TOKENS: models.VectorParams(size=dim, distance=models.Distance.DOT, datatype=dtype,
                                             multivector_config=max_sim, hnsw_config=graph, on_disk=on_disk)}
@@ -165,18 +169,18 @@ def not_this_item(design: Design, item_id: str) -> models.Condition:
 
 
 # --- sizing ------------------------------------------------------------------------------------
-def bytes_per_item(num_query_tokens: int, embed_dim: int, storage: str = "fp32", design: str = POOLED) -> int:
+def bytes_per_item(num_query_tokens: int, embed_dim: int, storage: str = "fp32", design: str = MULTIVECTOR) -> int:
     """Vector bytes one catalog image takes in RAM: its Q token vectors, + the pooled vector in the pooled
     design. int8 is Qdrant's scalar quantisation: 1 byte a dimension in RAM (the fp32 originals stay on disk)."""
     vectors = num_query_tokens + (1 if make_design(design).name == POOLED else 0)
     return vectors * embed_dim * BYTES_PER_VALUE[storage]
 
 
-def graph_nodes_per_item(num_query_tokens: int, design: str = POOLED) -> int:
+def graph_nodes_per_item(num_query_tokens: int, design: str = MULTIVECTOR) -> int:
     return num_query_tokens if make_design(design).name == TOKEN else 1
 
 
-def hnsw_bytes_per_item(num_query_tokens: int, design: str = POOLED, m: int = 16) -> int:
+def hnsw_bytes_per_item(num_query_tokens: int, design: str = MULTIVECTOR, m: int = 16) -> int:
     """An upper bound on the HNSW links an item adds: per graph node 2m links at level 0 and about m/(m-1)
     above it, 4 bytes each, uncompressed (Qdrant compresses links; search-edge.md measures them)."""
     per_node = 4 * (2 * m + m / max(m - 1, 1))

@@ -5,7 +5,9 @@ service, the command line, the indexer) can tell a bad query from a backend in t
     ├── SearchError                a query that cannot be answered
     │   ├── BadQuery               the caller's input: k, an unreadable image, an unknown weight name...
     │   │   └── BadFilter          a payload filter that is not {field: value or [values]}
-    │   └── ItemNotFound           an ItemRef whose item is not in the collection
+    │   ├── ItemNotFound           an ItemRef whose item is not in the collection
+    │   │   └── ItemImageMissing   ... or is, but has no readable stored image (the catalog's fault)
+    │   └── ItemImageUnavailable   an ItemRef whose image could not be fetched (http off, or the fetch failed)
     ├── StoreError                 a Qdrant-side problem: schema, settings, an old server
     └── (both SearchError and StoreError)
         ├── CollectionUnusable     missing, not made by dqe-cir, or of a design this version does not know
@@ -38,6 +40,16 @@ class BadFilter(BadQuery):
 
 class ItemNotFound(SearchError):
     """A reference given by item id that the collection does not hold."""
+
+
+class ItemImageMissing(ItemNotFound):
+    """A reference item without a readable image: no stored uri, its file gone or not an image. The catalog's
+    fault, not the caller's; the message names the item, never a server path."""
+
+
+class ItemImageUnavailable(SearchError):
+    """A reference item whose image is at an http(s) uri that this searcher does not (allow_http off) or could
+    not fetch: the server's side, not the caller's."""
 
 
 class CollectionUnusable(SearchError, StoreError):

@@ -34,12 +34,15 @@ from qdrant_client import QdrantClient, models
 
 from encoder import ComposeOutput, Encoder, EncoderError
 from encoder.fusion import l2_normalize
+from encoder.preprocess import load_image
 from plugin import designs, store
 from plugin.errors import (
     BackendUnavailable,
     BadFilter,
     BadQuery,
     BundleMismatch,
+    ItemImageMissing,
+    ItemImageUnavailable,
     ItemNotFound,
     SearchError,
     bundle_mismatch,
@@ -122,10 +125,11 @@ class CIRSearch:
         self.catalog_root, self.allow_http = catalog_root, allow_http
         self.refresh_seconds, self._clock = refresh_seconds, clock
         if hnsw_ef is not None and (not isinstance(hnsw_ef, int) or hnsw_ef < 1):
-            raise BadQuery(f"hnsw_ef must be a positive integer or None, got {hnsw_ef!r}")
+            raise SearchError(f"hnsw_ef must be a positive integer or None, got {hnsw_ef!r}")
         self.hnsw_ef = hnsw_ef
-        self.target: str | None = None  # the concrete collection queries go to
+        self.target: str | None = None  # the concrete collection queries go to (as last looked up)
         self.meta: dict = {}
+        self._state: tuple[str, dict] | None = None  # (target, meta), replaced whole: what a query reads
         self._checked_at = 0.0
         self.follow(force=True)
 
@@ -133,10 +137,21 @@ class CIRSearch:
     def follow(self, force: bool = False) -> str:
         """The collection that `collection` names now (cached for `refresh_seconds`), its fingerprint
         checked against this searcher's bundle whenever it is looked up."""
-        if not force and self.target is not None and self._clock() - self._checked_at < self.refresh_seconds:
-            return self.target
-        target = store.aliases(self.client).get(self.collection, self.collection)
-        meta = store.collection_info(self.client, target)  # CollectionUnusable is a SearchError too
+        return self.current(force)[0]
+
+    def current(self, force: bool = False) -> tuple[str, dict]:
+        """(the concrete collection, its metadata) as one snapshot: what a search must use together, even
+        while another thread's refresh moves the alias to a collection of another design."""
+        state = self._state
+        if not force and state is not None and self._clock() - self._checked_at < self.refresh_seconds:
+            return state
+        try:
+            target = store.aliases(self.client).get(self.collection, self.collection)
+            meta = store.collection_info(self.client, target)  # CollectionUnusable is a SearchError too
+        except SearchError:
+            raise
+        except Exception as e:  # qdrant-client's own (a server that is down): keep the error tree
+            raise BackendUnavailable(f"looking up {self.collection!r} failed: {e}") from e
         if meta["fingerprint"] != self.encoder.fingerprint:
             if self.target is None:
                 raise bundle_mismatch(f"{self.collection!r} ({target})", meta["fingerprint"], self.encoder.fingerprint)
@@ -145,46 +160,51 @@ class CIRSearch:
                 f"indexed with bundle {meta['fingerprint']}; this searcher's bundle is {self.encoder.fingerprint}, so "
                 "it stops rather than mix the two. Create a new CIRSearch with the new bundle (or roll the alias "
                 "back: dqe-cir index --rollback)")
+        self._state = (target, meta)
         self.target, self.meta, self._checked_at = target, meta, self._clock()
-        return target
+        return target, meta
 
-    def _on_target(self, call: Callable[[str], object]):
-        """Run `call(target)`; when it fails, look the alias up again at once and retry once if it moved
-        (the old version may have been pruned since the last look-up)."""
-        target = self.follow()
+    def _on_target(self, call: Callable[[str, dict], object]):
+        """Run `call(target, its metadata)`; when it fails, look the alias up again at once and retry once if
+        it moved (the old version may have been pruned since the last look-up)."""
+        target, meta = self.current()
         try:
-            return call(target)
+            return call(target, meta)
         except Exception as first:  # qdrant-client raises several types (HTTP, gRPC, ValueError in local mode)
             if isinstance(first, SearchError):
                 raise
-            if self.follow(force=True) == target:
+            moved, meta = self.current(force=True)
+            if moved == target:
                 raise BackendUnavailable(f"query on {self.collection!r} ({target}) failed: {first}") from first
             try:
-                return call(self.target)
+                return call(moved, meta)
             except SearchError:
                 raise
             except Exception as e:
-                raise BackendUnavailable(f"query on {self.collection!r} ({self.target}) failed: {e}") from e
+                raise BackendUnavailable(f"query on {self.collection!r} ({moved}) failed: {e}") from e
 
     # -- inputs ---------------------------------------------------------------------------------
     def _resolve_image(self, image):
         if not isinstance(image, ItemRef):
             return image, None
         pid = store.point_id(image.item_id)
-        points = self._on_target(lambda name: self.client.retrieve(name, [pid], with_payload=True))
+        points = self._on_target(lambda name, _: self.client.retrieve(name, [pid], with_payload=True))
         if not points:
             raise ItemNotFound(f"catalog item {image.item_id!r} is not in collection {self.collection!r}")
         uri = (points[0].payload or {}).get("uri")
         if not uri:
-            raise BadQuery(f"catalog item {image.item_id!r} has no stored uri to read the image from")
+            raise ItemImageMissing(f"catalog item {image.item_id!r} has no stored uri to read its image from; "
+                                   "re-index it with one")
         if uri.startswith(("http://", "https://")):
             if not self.allow_http:
-                raise BadQuery(f"catalog item {image.item_id!r} is at {uri}; fetching http(s) is off: pass "
-                                  "CIRSearch(..., allow_http=True) (DQE_CIR_ALLOW_HTTP=1 for dqe-cir search)")
+                raise ItemImageUnavailable(f"catalog item {image.item_id!r} is stored at an http(s) uri and fetching "
+                                           "http(s) is off: CIRSearch(..., allow_http=True), or DQE_CIR_ALLOW_HTTP=1 "
+                                           "for dqe-cir search and dqe-cir serve")
             try:
                 return fetch_url(uri), image.item_id
             except FetchError as e:
-                raise BadQuery(f"catalog item {image.item_id!r}: {e}") from e
+                raise ItemImageUnavailable(f"catalog item {image.item_id!r}: its image could not be fetched "
+                                           f"({type(e).__name__})") from e
         path = Path(uri)
         if not path.is_absolute() and self.catalog_root is not None:
             path = Path(self.catalog_root) / path
@@ -194,7 +214,15 @@ class CIRSearch:
         resolved = [self._resolve_image(img) for img in images]
         try:
             parts = self.encoder.compose([r[0] for r in resolved], list(texts))
-        except EncoderError as e:  # an unreadable image, an empty text
+        except EncoderError as e:  # an unreadable image, an empty text: the caller's, unless a stored one failed
+            for src, item_id in resolved:
+                if item_id is not None and isinstance(src, str):
+                    try:
+                        load_image(src)
+                    except EncoderError as bad:  # the catalog's fault; the message names no server path
+                        raise ItemImageMissing(f"catalog item {item_id!r}: its stored image cannot be read "
+                                               "(missing or not an image); re-index the catalog or restore "
+                                               "the file") from bad
             raise BadQuery(str(e)) from e
         return parts, [r[1] for r in resolved]
 
@@ -221,8 +249,8 @@ class CIRSearch:
         q = parts.fused(weights)
         names = parts.attributes
         over = oversample or self.oversample
-        found = self._on_target(lambda name: self._search(name, q, refs, base_filter, k, exact, over,
-                                                          exclude_reference, explain))
+        found = self._on_target(lambda name, meta: self._search(name, meta, q, refs, base_filter, k, exact, over,
+                                                                exclude_reference, explain))
         out = []
         attr = l2_normalize(parts.q_attrs)  # [B, A, D]: each attribute's own score in the breakdown
         for i, hits in enumerate(found):
@@ -237,14 +265,15 @@ class CIRSearch:
             out.append(row)
         return out
 
-    def _search(self, name: str, q: np.ndarray, refs: list[str | None], base_filter, k: int, exact: bool | None,
-                oversample: int, exclude_reference: bool, explain: bool) -> list[list[tuple[dict, float, object]]]:
-        """(payload, score, tokens [Q, D] or None) of each query's hits in collection `name`, whose metadata
-        `follow` has just read into self.meta (also after a retry on a moved alias: the design is the target's)."""
-        design = store.design_from(self.meta, name)
+    def _search(self, name: str, meta: dict, q: np.ndarray, refs: list[str | None], base_filter, k: int,
+                exact: bool | None, oversample: int, exclude_reference: bool,
+                explain: bool) -> list[list[tuple[dict, float, object]]]:
+        """(payload, score, tokens [Q, D] or None) of each query's hits in collection `name`, whose metadata is
+        `meta` (read with it in one snapshot: the design, size and storage are that collection's own)."""
+        design = store.design_from(meta, name)
         if exact is None:
-            exact = self.meta["items"] < self.exact_below
-        int8 = self.meta.get("storage") == "int8"
+            exact = meta["items"] < self.exact_below
+        int8 = meta.get("storage") == "int8"
         filters = []
         for ref in refs:
             flt = base_filter
@@ -254,7 +283,7 @@ class CIRSearch:
         with warnings.catch_warnings():  # local mode searches exactly and says the int8 params do nothing
             warnings.filterwarnings("ignore", message="Local mode performs exact")
             if design.name == designs.TOKEN:
-                return self._search_tokens(name, design, q, filters, k, exact, explain, int8)
+                return self._search_tokens(name, meta, design, q, filters, k, exact, explain, int8)
             requests = [self._request(q[i], k, filters[i], exact, oversample, explain, int8, design)
                         for i in range(len(q))]
             responses = self.client.query_batch_points(name, requests=requests)
@@ -262,30 +291,42 @@ class CIRSearch:
                   np.asarray((p.vector or {}).get(store.TOKENS), dtype=np.float32) if explain else None)
                  for p in resp.points] for resp in responses]
 
-    def _search_tokens(self, name: str, design: designs.Design, q: np.ndarray, filters: list, k: int, exact: bool,
-                       explain: bool, int8: bool) -> list[list[tuple[dict, float, object]]]:
+    def _search_tokens(self, name: str, meta: dict, design: designs.Design, q: np.ndarray, filters: list, k: int,
+                       exact: bool, explain: bool, int8: bool) -> list[list[tuple[dict, float, object]]]:
         """The token design: one grouped query per composed query (Qdrant has no batch of grouped queries).
         With explain, the hits' token vectors come from a second call (a group's hit is one token only)."""
         params = self._search_params(design, exact, int8)
         found = []
         for i in range(len(q)):
-            res = self.client.query_points_groups(name, group_by=GROUP_BY, query=q[i].astype(np.float32).tolist(),
-                                                  using=designs.TOKEN_VECTOR, query_filter=filters[i],
-                                                  search_params=params, limit=k, group_size=1, with_payload=True)
-            found.append([(store.public_payload(g.hits[0].payload), float(g.hits[0].score), None)
-                          for g in res.groups if g.hits])
+            # A server's group_by runs a bounded number of token requests of limit k: with Q tokens an item, as
+            # few as ~k/Q new groups each, so it may answer with fewer than k groups. Ask again for the rest,
+            # leaving out the items already found, until k or nothing new (local mode groups exactly: one call).
+            hits, flt = [], filters[i]
+            while len(hits) < k:
+                res = self.client.query_points_groups(name, group_by=GROUP_BY, query=q[i].astype(np.float32).tolist(),
+                                                      using=designs.TOKEN_VECTOR, query_filter=flt,
+                                                      search_params=params, limit=k - len(hits), group_size=1,
+                                                      with_payload=True)
+                new = [(store.public_payload(g.hits[0].payload), float(g.hits[0].score), None)
+                       for g in res.groups if g.hits]
+                if not new:
+                    break
+                hits += new
+                got = models.FieldCondition(key=GROUP_BY, match=models.MatchAny(any=[p["item_id"] for p, _, _ in hits]))
+                flt = models.Filter(must=[filters[i]] if filters[i] else None, must_not=[got])
+            found.append(sorted(hits, key=lambda h: -h[1]))
         if not explain:
             return found
-        tokens = self._item_tokens(name, {p["item_id"] for hits in found for p, _, _ in hits})
+        tokens = self._item_tokens(name, meta, {p["item_id"] for hits in found for p, _, _ in hits})
         return [[(p, score, tokens[p["item_id"]]) for p, score, _ in hits] for hits in found]
 
-    def _item_tokens(self, name: str, item_ids: set[str]) -> dict[str, np.ndarray]:
+    def _item_tokens(self, name: str, meta: dict, item_ids: set[str]) -> dict[str, np.ndarray]:
         """Token design: item id -> its [Q, D] token vectors, read from its Q token points."""
-        n = int(self.meta["num_query_tokens"])
+        n = int(meta["num_query_tokens"])
         ids = [designs.token_point_id(i, j) for i in sorted(item_ids) for j in range(n)]
         points = self.client.retrieve(name, ids, with_payload=["item_id", designs.TOKEN_INDEX],
                                       with_vectors=[designs.TOKEN_VECTOR])
-        out = {i: np.zeros((n, int(self.meta["embed_dim"])), np.float32) for i in item_ids}
+        out = {i: np.zeros((n, int(meta["embed_dim"])), np.float32) for i in item_ids}
         for p in points:
             vec = p.vector.get(designs.TOKEN_VECTOR) if isinstance(p.vector, dict) else p.vector
             out[p.payload["item_id"]][p.payload[designs.TOKEN_INDEX]] = vec
@@ -322,7 +363,7 @@ class CIRSearch:
         if ef:
             rescore = prefetch_params.quantization if prefetch_params else None
             prefetch_params = models.SearchParams(hnsw_ef=ef, quantization=rescore)
-        prefetch = models.Prefetch(query=vec, using=store.POOLED, filter=flt, limit=k * max(1, oversample),
+        prefetch = models.Prefetch(query=vec, using=store.POOLED_VECTOR, filter=flt, limit=k * max(1, oversample),
                                    params=prefetch_params)
         return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,
                                    with_vector=vectors, params=maxsim_params)

@@ -45,11 +45,11 @@ from plugin.designs import (  # noqa: F401  NAMESPACE, bytes_per_item, point_id:
     point_id,
 )
 from plugin.errors import CollectionUnusable, StoreError, bundle_mismatch
+from plugin.placement import Placement, describe
 
-POOLED = designs.POOLED_VECTOR  # the vector's name (the design of that name is designs.POOLED)
+POOLED_VECTOR = designs.POOLED_VECTOR  # the vector's name (the design of that name is designs.POOLED)
 META_KEY = "dqe_cir"
-# The design new collections get (a re-index moves an alias to it). Chosen from docs/benchmarks/search-edge.md:
-# "pooled" until the design table there has numbers at 100k items.
+# The design a new alias gets (a re-index keeps an alias's own design unless told otherwise, indexer/versions.py).
 # From docs/benchmarks/search-edge.md (qdrant-edge, the demo model's embeddings, 100,000 items): multivector at
 # hnsw_ef 256 keeps Recall@10 0.9995 against exact MaxSim at a p50 of 1.50 ms, where pooled two-stage at its
 # default oversample 32 gives 0.977 at 3.21 ms, with fewer bytes per item; it also searches faster than
@@ -83,14 +83,23 @@ STORAGE = ("fp32", "fp16", "int8")
 
 def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
                       payload_indexes: dict[str, str] | None = None, storage: str = "fp32",
-                      design: str | Design | None = None) -> None:
+                      design: str | Design | None = None, placement: Placement | None = None) -> None:
     """A new collection for this bundle; `payload_indexes` maps payload field -> type for filtering;
     `storage`: fp32, fp16 (half the RAM) or int8 (scalar quantisation, originals on disk); `design`: a name
-    (with its defaults) or a Design, None for DEFAULT_DESIGN (read now, so a re-index follows a new default)."""
+    (with its defaults) or a Design, None for DEFAULT_DESIGN (read now, so a re-index follows a new default);
+    `placement`: shards, replicas, write consistency and on-disk vectors on a cluster (plugin/placement.py;
+    local mode ignores it, with a warning)."""
+    placement = placement or Placement()
     if storage not in STORAGE:
         raise StoreError(f"storage must be one of {STORAGE}, not {storage!r}")
     chosen = checked_design(DEFAULT_DESIGN if design is None else design)
-    indexes = {**designs.bookkeeping_indexes(chosen), **(payload_indexes or {})}
+    own = designs.bookkeeping_indexes(chosen)
+    taken = sorted(set(own) & set(payload_indexes or {}))
+    if taken:  # a user's index there would replace the one grouping and reference exclusion rely on
+        own_types = ", ".join(f"{f}={own[f]}" for f in taken)
+        raise StoreError(f"payload index {', '.join(taken)} is dqe-cir's own ({own_types}), made for every "
+                         "collection; drop it from --payload-index")
+    indexes = {**own, **(payload_indexes or {})}
     for field, kind in indexes.items():  # before anything exists: a bad type leaves no orphan behind
         if kind not in PAYLOAD_TYPES:
             raise StoreError(f"unknown payload index type {kind!r} for {field!r}; use one of {sorted(PAYLOAD_TYPES)}")
@@ -99,14 +108,19 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
     d = spec.embed_dim
     quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
         type=models.ScalarType.INT8, always_ram=True)) if storage == "int8" else None
+    if not placement.is_default and is_local(client):
+        warnings.warn(f"local mode has no cluster: {describe(placement)} is recorded but ignored (it applies on a "
+                      "Qdrant server, QDRANT_URL)", stacklevel=2)
     client.create_collection(
         name,
-        vectors_config=designs.vectors_config(chosen, d, storage),
+        vectors_config=designs.vectors_config(chosen, d, storage, on_disk=placement.on_disk),
         quantization_config=quant,
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
                              "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version,
                              "storage": storage, "state": BUILDING, **chosen.to_meta(),
+                             **({"placement": placement.to_meta()} if not placement.is_default else {}),
                              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
+        **placement.create_kwargs(),
     )
     for field, kind in indexes.items():
         with warnings.catch_warnings():
@@ -179,6 +193,9 @@ def drop_collection(client: QdrantClient, name: str) -> None:
     client.delete_collection(name)
 
 
+RESERVED_INDEXES = frozenset({"item_id", designs.TOKEN_INDEX})  # bookkeeping_indexes' fields, in any design
+
+
 def parse_payload_indexes(specs: Sequence[str] | None) -> dict[str, str]:
     """`["brand=keyword", ...]` -> {"brand": "keyword"}, with a message for a malformed one."""
     out = {}
@@ -188,6 +205,10 @@ def parse_payload_indexes(specs: Sequence[str] | None) -> dict[str, str]:
             raise StoreError(f"--payload-index {spec!r}: expected FIELD=TYPE with TYPE one of {sorted(PAYLOAD_TYPES)}, "
                              "e.g. brand=keyword")
         out[field.strip()] = kind.strip()
+    reserved = sorted(set(out) & RESERVED_INDEXES)
+    if reserved:
+        raise StoreError(f"--payload-index {', '.join(reserved)}: dqe-cir indexes that field itself (grouping, "
+                         "reference exclusion, counts); drop it")
     return out
 
 
@@ -286,6 +307,13 @@ def switch_alias(client: QdrantClient, alias: str, collection: str) -> str | Non
 def aliases(client: QdrantClient) -> dict[str, str]:
     """Every alias -> the collection it points at."""
     return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+
+
+def is_local(client: QdrantClient) -> bool:
+    """qdrant-client's local mode (a folder or :memory:), not a server."""
+    from qdrant_client.local.qdrant_local import QdrantLocal
+
+    return isinstance(getattr(client, "_client", None), QdrantLocal)
 
 
 def collections(client: QdrantClient) -> list[str]:

@@ -8,6 +8,7 @@ Timings are never asserted: only that each script runs and writes what it should
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ PAGES = {
     "search-edge.md": {"edge-designs": "edge_search.py", "edge-local": "edge_search.py",
                        "edge-results": "edge_search.py"},
     "ablation.md": {"ablation": "ablation.py"},
+    "controllability.md": {"heads": "heads.py", "controllability-shipped": "controllability.py"},
     "encoder.md": {"encoder-throughput": "encoder_throughput.py"},
     "encoder-demo-idle.md": {"encoder-throughput": "encoder_throughput.py"},
     "encoder-int8.md": {"encoder-int8": "encoder_int8.py"},
@@ -42,7 +44,8 @@ PAGES = {
     "trns-mining.md": {"trns-model": "trns_mining.py", "trns-scale": "trns_mining.py"},
 }
 # the page a recorded command writes when it names no --out (learning.py: per subcommand)
-DEFAULT_PAGE = {"ablation.py": "ablation.md", "encoder_throughput.py": "encoder.md", "encoder_int8.py":
+DEFAULT_PAGE = {"ablation.py": "ablation.md", "controllability.py": "controllability.md", "heads.py":
+                "controllability.md", "encoder_throughput.py": "encoder.md", "encoder_int8.py":
                 "encoder-int8.md", "indexing.py": "indexing.md", "learning.py report": "learning.md",
                 "learning.py phrasings": "learning-phrasings.md", "search_latency.py": "search.md",
                 "service_load.py": "service.md", "trns_mining.py": "trns-mining.md", "edge_search.py": "search-edge.md"}
@@ -266,6 +269,24 @@ def test_learning_run_report_phrasings(tmp_path, tiny_trained, synth_small):
 
 
 @pytest.mark.slow
+def test_controllability_heads_and_rewrite(tmp_path, tiny_trained, synth_small):
+    page = seeded_page(tmp_path, "controllability", ["controllability-tiny", "heads"])
+    original = page.read_text()
+    run("controllability.py", "--checkpoint", tiny_trained, "--label", "tiny", "--root", synth_small,
+        "--max-queries", 30, "--served-queries", 6, "--baseline", tiny_trained, "--threads", 1, "--out", page)
+    body = check_page(page, original, ["controllability-tiny"], "controllability.py")["controllability-tiny"]
+    assert "| color alone |" in body and "sensitivity" in body and "top-1 identical | 100.0" in body
+    assert "| R@1 |" in body and "+0.0 [+0.0, +0.0]" in body  # paired against itself
+    assert json.loads(page.with_name("controllability-tiny.json").read_text())["settings"]["base only"]
+    original = page.read_text()
+    run("heads.py", "--start", tiny_trained, "--root", synth_small, "--steps", 1, "--seeds", 0, "--candidates", "S0",
+        "S1", "--max-queries", 30, "--threads", 1, "--out", page)
+    body = check_page(page, original, ["heads"], "heads.py")["heads"]
+    assert "| S1 S0 + invariance" in body and "p=" in body
+    run("heads.py", "--rewrite", "--out", page)
+    assert read_section(page, "heads") == body
+
+
 def test_ablation_and_rewrite(tmp_path, tiny_trained, synth_small):
     page = seeded_page(tmp_path, "ablation", ["ablation"])
     original = page.read_text()

@@ -55,3 +55,13 @@ def test_an_unknown_flag_is_still_an_error_where_the_extra_is_installed(capsys):
     with pytest.raises(SystemExit) as e:
         main(["index", "--catalog", "x", "--bogus"])
     assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_torchrun_entry_reports_a_data_error_without_a_traceback(tmp_path):
+    """`python -m training train` with a --root that holds no data set: one `error:` line, exit 2 (it
+    printed a DataError traceback, on every rank under torchrun)."""
+    r = subprocess.run([sys.executable, "-m", "training", "train", "--recipe", "demo", "--root", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "out"), "--set", "max_steps=1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr

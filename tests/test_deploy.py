@@ -184,3 +184,23 @@ def test_doctor_reports_the_qdrant_version_and_refuses_one_too_old(healthy, caps
     server = check_version("http://qdrant:6333", "1.15.4", server=True)
     assert not server.ok and "qdrant/qdrant:v" in server.fix
     assert check_version("http://qdrant:6333", "1.16.0", server=True).ok
+
+
+def test_the_cluster_file_makes_a_three_node_qdrant_cluster_the_services_reach(compose):
+    """docker-compose.cluster.yml, laid over the main file: three Qdrant nodes in cluster mode, one starting the
+    cluster (--uri) and two joining it (--bootstrap) on the peer port, which is never published; the workers and
+    the API keep talking to `qdrant`, which answers for the whole cluster."""
+    cluster = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
+    assert set(cluster) == {"qdrant", "qdrant-1", "qdrant-2"}
+    for name, node in cluster.items():
+        env = node["environment"]
+        assert env["QDRANT__CLUSTER__ENABLED"] == "true" and env["QDRANT__CLUSTER__P2P__PORT"] == "6335"
+        assert env["QDRANT__SERVICE__API_KEY"].startswith("${QDRANT_API_KEY")
+        assert node["image"] == compose["services"]["qdrant"]["image"]  # one Qdrant version everywhere
+        assert not any("6335" in str(p) for p in node.get("ports", [])), "the peer port accepts writes: never published"
+        cmd = node["command"]
+        assert cmd[cmd.index("--uri") + 1] == f"http://{name}:6335"
+        if name != "qdrant":
+            assert cmd[cmd.index("--bootstrap") + 1] == "http://qdrant:6335"
+    for name in ("worker", "worker-cpu", "api"):
+        assert compose["services"][name]["environment"].get("QDRANT_URL", "http://qdrant:6333") == "http://qdrant:6333"

@@ -199,3 +199,22 @@ def test_torch_and_served_evaluation_see_the_same_queries_duplicates_included(sy
     torch_side = queries_of(load_cir_data("synth", root, "val", 16, progress=False, lazy=True))
     assert served == torch_side
     assert served[0].correct == (q0.target, dup)
+
+
+def test_a_short_ranking_without_the_target_is_a_miss_at_every_k():
+    """A ranking shorter than K that lacks the target must not score as a hit at K (it did: the miss
+    position was the ranking's length, and length < K counted)."""
+    from cirdata.protocol import short_rankings
+
+    q = Query("ref", ("t",), ("ref", "t", "a", "b", "c", "d"))
+    empty = Rankings([[]], [[]])
+    m = ranked_metrics("cirr", [q], empty)
+    assert all(v == 0.0 for k, v in m.items() if k != "Avg") and m["Avg"] == 0.0
+    two = Rankings([["a", "b"]], [["a", "b"]])  # a 2-long subset ranking without the target
+    m = ranked_metrics("cirr", [q], two)
+    assert m["Rs@3"] == 0.0 and m["R@50"] == 0.0
+    assert short_rankings([q], two) == [0]
+    hit = Rankings([["t"]], [["t", "a", "b", "c", "d"]])  # short, but the hit is in it
+    assert ranked_metrics("cirr", [q], hit)["R@1"] == 100.0
+    assert short_rankings([q], hit) == [0] and short_rankings([q], hit, depth=1) == []
+

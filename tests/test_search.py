@@ -290,7 +290,7 @@ def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
     report = index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)
     hits = CIRSearch(client, "c", encoder=enc).query(next(catalog.glob("*.png")), "make it red", k=5, exact=True)
     assert report.indexed > 0 and len(hits) == 5
-    assert bytes_per_item(32, 256, "fp32") == 33792 and bytes_per_item(8, 128, storage) < 4608
+    assert bytes_per_item(32, 256, "fp32", "pooled") == 33792 and bytes_per_item(8, 128, storage, "pooled") < 4608
 
 
 @pytest.mark.parametrize("storage", ["fp32", "int8"])
@@ -334,4 +334,86 @@ def test_readme_sizing_table_matches_the_schema():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for q, d in ((8, 128), (32, 256)):
         for storage in ("fp32", "fp16", "int8"):
-            assert f"{bytes_per_item(q, d, storage):,} B" in readme
+            assert f"{bytes_per_item(q, d, storage, 'pooled'):,} B" in readme
+
+
+def test_a_qdrant_server_that_is_down_raises_backend_unavailable(tiny_bundle):
+    """follow() ran outside the error wrapping: a client pointed at a closed port raised qdrant-client's own
+    exception instead of BackendUnavailable (a PluginError)."""
+    import socket
+
+    from plugin import BackendUnavailable, PluginError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(BackendUnavailable) as e:
+        CIRSearch(client, "catalog", encoder=Encoder(tiny_bundle))
+    assert isinstance(e.value, PluginError)
+
+
+def test_a_reference_item_whose_image_is_gone_is_the_catalogs_fault(tiny_bundle, catalog, tmp_path):
+    """An item_id reference whose stored file is missing (or has no uri) raised BadQuery (the caller's fault,
+    HTTP 400) with the server's absolute path in the message: now ItemImageMissing (404), no path."""
+    import shutil
+
+    from app.service.backend import search_error
+    from plugin import BadQuery, ItemImageMissing, ItemImageUnavailable
+
+    folder = tmp_path / "cat"
+    shutil.copytree(catalog, folder)
+    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    index_catalog(client, enc, folder, alias="c", progress=False)
+    search = CIRSearch(client, "c", encoder=enc, catalog_root=folder)
+    victim = sorted(folder.glob("*.png"))[0]
+    victim.unlink()
+    with pytest.raises(ItemImageMissing) as e:
+        search.query(ItemRef(victim.name), "make it red")
+    assert not isinstance(e.value, BadQuery) and str(tmp_path) not in str(e.value)
+    assert search_error(e.value).status == 404
+    other = sorted(folder.glob("*.png"))[0]
+    client.set_payload(search.target, {"uri": ""}, points=[store.point_id(other.name)])
+    with pytest.raises(ItemImageMissing, match="no stored uri"):
+        search.query(ItemRef(other.name), "make it red")
+    client.set_payload(search.target, {"uri": "https://images.example/x.png"}, points=[store.point_id(other.name)])
+    with pytest.raises(ItemImageUnavailable, match="DQE_CIR_ALLOW_HTTP") as e:
+        search.query(ItemRef(other.name), "make it red")
+    assert search_error(e.value).status == 503
+
+
+def test_searches_racing_an_alias_switch_between_designs_use_the_queried_collections_design(tiny_bundle, catalog):
+    """_search read the design, size and storage from the shared self.meta: a refresh in another thread
+    could send one collection's request shape to another. Two threads: one searches, one moves the alias
+    between a multivector and a token version and refreshes the searcher; every answer must be exact."""
+    import threading
+
+    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    index_catalog(client, enc, catalog, alias="c", progress=False, design="multivector")
+    multi = store.alias_target(client, "c")
+    index_catalog(client, enc, catalog, alias="c", progress=False, design="token")
+    token = store.alias_target(client, "c")
+    search = CIRSearch(client, "c", encoder=enc, refresh_seconds=0.0)
+    img = sorted(catalog.glob("*.png"))[0]
+    want = [h.id for h in search.query(img, "make it red", k=5, exact=True)]
+    errors, stop = [], threading.Event()
+
+    def switcher():
+        i = 0
+        while not stop.is_set():
+            store.switch_alias(client, "c", (multi, token)[i % 2])
+            search.current(force=True)
+            i += 1
+
+    t = threading.Thread(target=switcher)
+    t.start()
+    try:
+        for _ in range(40):
+            try:
+                assert [h.id for h in search.query(img, "make it red", k=5, exact=True)] == want
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(e)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[:3]

@@ -164,7 +164,7 @@ def test_each_design_sends_its_own_request(data, monkeypatch, storage):
     sent = record(client, monkeypatch)
     searcher(client, data).query("ref.png", "q0", k=3)
     request = sent[0][1]["requests"][0]
-    assert request.prefetch.using == store.POOLED and request.using == store.TOKENS
+    assert request.prefetch.using == store.POOLED_VECTOR and request.using == store.TOKENS
 
 
 def test_the_design_is_recorded_and_old_collections_read_as_pooled(data):
@@ -212,7 +212,7 @@ def test_bad_designs_are_refused_with_what_to_do(data):
         CIRSearch(fill(designs.POOLED, data), "c", encoder=QueryEncoder(data[1]), hnsw_ef=-1)
 
 
-def test_a_reindex_moves_the_alias_to_the_default_design_and_searchers_follow(data, monkeypatch):
+def test_a_reindex_keeps_the_design_unless_told_and_searchers_follow_a_move(data, monkeypatch):
     from indexer.versions import new_version
 
     tokens, queries, ids = data
@@ -227,7 +227,10 @@ def test_a_reindex_moves_the_alias_to_the_default_design_and_searchers_follow(da
     want = exact_top(queries[4], tokens, ids, 5)[0]
     assert [h.id for h in search.query("r.png", "q4", k=5, exclude_reference=False)] == want
     monkeypatch.setattr(store, "DEFAULT_DESIGN", designs.TOKEN)
-    new = new_version(client, "cat", SPEC)
+    kept = new_version(client, "cat", SPEC)  # a re-index keeps the alias's design, whatever the default now
+    assert store.collection_info(client, kept)["design"] == "pooled"
+    store.drop_collection(client, kept)
+    new = new_version(client, "cat", SPEC, design=designs.TOKEN)  # moved when told
     store.upsert(client, new, items)
     assert store.collection_info(client, old)["design"] == "pooled"  # the live version is untouched
     assert store.collection_info(client, new)["design"] == "token"
@@ -251,16 +254,17 @@ def test_doctor_says_which_design_a_collection_uses(tmp_path, data, monkeypatch)
     check = check_qdrant(settings, "shop", SPEC)[-1]
     assert check.ok and "2 items (8 points)" in check.detail
     assert "design token (m 16, ef_construct 100, hnsw_ef 128)" in check.detail
-    assert f"the default is now {store.DEFAULT_DESIGN}: a full re-index (dqe-cir index) moves it there" in check.detail
+    assert f"a full re-index with --design {store.DEFAULT_DESIGN} moves it there" in check.detail
     monkeypatch.setattr(store, "DEFAULT_DESIGN", designs.TOKEN)
     check = check_qdrant(settings, "shop", SPEC)[-1]
-    assert check.ok and "design token" in check.detail and "default is now" not in check.detail
+    assert check.ok and "design token" in check.detail and "moves it there" not in check.detail
 
 
 def test_bytes_per_item_by_design_and_the_readme_table():
     from pathlib import Path
 
-    assert store.bytes_per_item(8, 128) == 4608  # the pooled design's (8 + 1) x 128 x 4, as before
+    assert store.bytes_per_item(8, 128, "fp32", "pooled") == 4608  # the pooled design's (8 + 1) x 128 x 4
+    assert store.bytes_per_item(8, 128) == 4096  # the default design's (multivector) 8 x 128 x 4
     assert store.bytes_per_item(8, 128, "fp32", "multivector") == store.bytes_per_item(8, 128, "fp32", "token") == 4096
     assert store.bytes_per_item(32, 256, "int8", "token") == 8192
     assert designs.hnsw_bytes_per_item(8, "pooled", m=16) == designs.hnsw_bytes_per_item(8, "multivector") == 132
@@ -281,7 +285,7 @@ def test_a_pooled_design_can_carry_its_own_graph_settings(data, monkeypatch):
     client = QdrantClient(":memory:")
     store.create_collection(client, "c", SPEC, design=designs.Design(designs.POOLED, m=32, hnsw_ef=200))
     vectors = client.get_collection("c").config.params.vectors
-    assert vectors[store.POOLED].hnsw_config.m == 32 and vectors[store.TOKENS].hnsw_config.m == 0
+    assert vectors[store.POOLED_VECTOR].hnsw_config.m == 32 and vectors[store.TOKENS].hnsw_config.m == 0
     store.upsert(client, "c", [store.Item(data[2][i], data[0][i], {}) for i in range(N)])
     sent = record(client, monkeypatch)
     searcher(client, data).query("ref.png", "q0", k=3)
@@ -340,10 +344,61 @@ def test_dqe_cir_index_design_flag_builds_that_design(tiny_bundle, synth_small, 
     search = ["search", "--item", item, "--text", "make it red", "-k", "3", "--catalog-root", str(synth_small / "val"),
               "--json", *common]
     assert main(search) == 0
-    assert main(base) == 0
+    assert main(base) == 0  # a re-index without --design keeps the alias's design
+    client = QdrantClient(path=str(tmp_path / "q"))
+    try:
+        assert store.collection_info(client, store.alias_target(client, "shop"))["design"] == "token"
+    finally:
+        client.close()
+    assert main([*base, "--design", store.DEFAULT_DESIGN]) == 0
     client = QdrantClient(path=str(tmp_path / "q"))
     try:
         assert store.collection_info(client, store.alias_target(client, "shop"))["design"] == store.DEFAULT_DESIGN
     finally:
         client.close()
     assert main(search) == 0
+
+
+class OneRoundGroupBy:
+    """A client whose grouped query replays ONE round of a Qdrant server's group_by (lib/collection/src/grouping):
+    a single request for the k best token points (k = the groups asked for), grouped by item: with Q tokens
+    an item, as few as k / Q groups come back. Local mode groups exactly, so no other test sees this."""
+
+    def __init__(self, client: QdrantClient):
+        self.client, self.rounds = client, 0
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def query_points_groups(self, collection_name, group_by, query, using, query_filter, search_params, limit,
+                            group_size, with_payload):
+        self.rounds += 1
+        pts = self.client.query_points(collection_name, query=query, using=using, query_filter=query_filter,
+                                       search_params=search_params, limit=limit, with_payload=True).points
+        groups: dict = {}
+        for p in pts:
+            groups.setdefault(p.payload[group_by], p)
+        return models.GroupsResult(groups=[models.PointGroup(id=key, hits=[p]) for key, p in groups.items()])
+
+
+def test_the_token_design_fills_k_even_when_the_servers_group_by_answers_short(data):
+    """k=100 over 150 items of Q=4 tokens: one round of the server's group-by yields about 25-100 groups. The
+    searcher asks again for the rest (leaving out the items found) until k, and the answer is exact MaxSim's."""
+    rng = np.random.default_rng(3)
+    n, k = 150, 100
+    tokens = l2_normalize(rng.normal(size=(n, Q, D))).astype(np.float32)
+    queries, ids = data[1], [f"item-{i:03d}" for i in range(n)]
+    client = QdrantClient(":memory:")
+    store.create_collection(client, "c", SPEC, design="token")
+    store.upsert(client, "c", [store.Item(ids[i], tokens[i], {"uri": f"{ids[i]}.png"}) for i in range(n)])
+    replay = OneRoundGroupBy(client)
+    search = CIRSearch(replay, "c", encoder=QueryEncoder(queries), exact_below=0)
+    first = replay.query_points_groups("c", "item_id", queries[0].tolist(), designs.TOKEN_VECTOR, None, None, k, 1,
+                                       True)
+    assert len(first.groups) < k  # the replay does answer short
+    for j, q in enumerate(queries):
+        replay.rounds = 0
+        hits = search.query("ref.png", f"q{j}", k=k, exclude_reference=False)
+        want, scores = exact_top(q, tokens, ids, k)
+        assert [h.id for h in hits] == want and np.allclose([h.score for h in hits], scores, atol=1e-5)
+        assert replay.rounds > 1

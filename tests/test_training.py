@@ -361,7 +361,8 @@ def test_fashioniq_negatives_come_from_the_querys_category(tmp_path):
 
 
 OBJECTIVE = ("loss", "negatives", "trns", "trns_pool", "lambda_pair", "pair_tau", "lambda_margin", "margin",
-             "lambda_attr", "img_set_negatives", "phrasing_noise")
+             "lambda_attr", "img_set_negatives", "phrasing_noise", "attribute_probes", "lambda_invariance",
+             "lambda_decorrelation", "lambda_weight_labels")
 
 
 def _trainer(synth_small, tmp_path, **kw):
@@ -429,8 +430,8 @@ def test_each_attribute_term_scores_against_its_own_twin_image(synth_small, tmp_
     t = _trainer(synth_small, tmp_path, loss=loss, negatives="random", lambda_attr=0.5, img_set_negatives=2)
     real_forward = t.forward
 
-    def forward(ref, texts, cols):  # every column's tokens carry its image index
-        parts, tokens, tau = real_forward(ref, texts, cols)
+    def forward(ref, texts, cols, extra=None):  # every column's tokens carry its image index
+        parts, tokens, tau = real_forward(ref, texts, cols, extra)
         return parts, torch.from_numpy(np.asarray(cols, np.float32))[:, None, None].expand_as(tokens), tau
 
     seen = {}

@@ -199,3 +199,47 @@ def test_incremental_fetches_each_item_once_and_refuses_an_empty_catalog(enc, im
     with pytest.raises(IndexerError, match="the catalog is empty.*Nothing was deleted"):
         index_catalog(client, enc, cat, alias="c", incremental=True, progress=False)
     assert store.count(client, "c") == 5
+
+
+def test_a_payload_index_on_dqe_cirs_own_fields_is_refused():
+    """--payload-index item_id=integer silently replaced the keyword index that token grouping and reference
+    exclusion rely on (on a server). Refused, on the command line and at create_collection."""
+    with pytest.raises(store.StoreError, match="item_id"):
+        store.parse_payload_indexes(["item_id=integer"])
+    with pytest.raises(store.StoreError, match="token_index"):
+        store.parse_payload_indexes(["brand=keyword", "token_index=keyword"])
+    client = QdrantClient(":memory:")
+    spec = BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
+                      max_text_len=8, opset=18, fingerprint="f" * 32)
+    with pytest.raises(store.StoreError, match="dqe-cir's own"):
+        store.create_collection(client, "x", spec, payload_indexes={"item_id": "integer"})
+    assert not client.collection_exists("x")
+
+
+def test_a_reindex_keeps_the_alias_design_and_settings_unless_told(tiny_bundle, synth_small, caplog):
+    """A full re-index without --design moved a token or pooled alias to multivector and dropped its
+    design_params; --incremental --design X was silently ignored."""
+    import logging
+
+    from plugin.designs import design_from_meta
+
+    catalog = synth_small / "val"
+    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+
+    def live():
+        return design_from_meta(store.collection_info(client, store.alias_target(client, "c")))
+
+    index_catalog(client, enc, catalog, alias="c", progress=False, design="token", design_settings={"m": 8})
+    assert (live().name, live().m, live().hnsw_ef) == ("token", 8, 128)
+    with caplog.at_level(logging.WARNING, logger="indexer.versions"):
+        index_catalog(client, enc, catalog, alias="c", progress=False)
+    assert (live().name, live().m) == ("token", 8) and not caplog.records
+    with pytest.raises(IndexerError, match="full re-index"):
+        index_catalog(client, enc, catalog, alias="c", progress=False, incremental=True, design="multivector")
+    with pytest.raises(IndexerError, match="full re-index"):
+        index_catalog(client, enc, catalog, alias="c", progress=False, incremental=True,
+                      design_settings={"hnsw_ef": 64})
+    index_catalog(client, enc, catalog, alias="c", progress=False, incremental=True, design="token")  # the same: fine
+    with caplog.at_level(logging.WARNING, logger="indexer.versions"):
+        index_catalog(client, enc, catalog, alias="c", progress=False, design="pooled")
+    assert live().name == "pooled" and "pooled" in caplog.text and "token (m=8" in caplog.text

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cirdata.probes import PROBE_FIELDS
+from cirdata.scenes import key_objects as scene_objects  # the key's parser lives beside its writer
+
 # The fields of a synthetic object code "pos:size-color-shape", by attribute name.
 SCENE_FIELDS = ("position", "size", "color", "shape")
 
@@ -35,16 +38,6 @@ LEXICON: dict[str, frozenset[str]] = {
         "sheer metallic shiny matte".split()),
 }
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)?")
-
-
-def scene_objects(key: str) -> list[tuple[str, str, str, str]]:
-    """A synthetic scene key 'tl:large-red-circle|br:small-blue-star' as (pos, size, color, shape) tuples."""
-    out = []
-    for part in key.split("|"):
-        pos, rest = part.split(":")
-        size, color, shape = rest.split("-")
-        out.append((pos, size, color, shape))
-    return out
 
 
 def twin_attribute(key: str, target_key: str) -> str | None:
@@ -81,3 +74,41 @@ def caption_attributes(text: str, names: Sequence[str]) -> np.ndarray:
 def unknown_scene_attributes(names: Sequence[str]) -> list[str]:
     """The names that the synthetic scenes cannot label (they know SCENE_FIELDS only)."""
     return [n for n in names if n not in SCENE_FIELDS]
+
+
+# What each synthetic edit kind changes of the edited object; add and remove are left unlabelled
+# (an added object has every attribute, a removed one none).
+EDIT_KIND_ATTRIBUTES = {"color": {"color"}, "color_single": {"color"}, "shape": {"shape"},
+                        "both": {"color", "shape"}}
+
+
+def edit_labels(edit_kinds: Sequence[str | None], texts: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """[Q, A] float: 1 where query q's edit changes attribute names[a], 0 where it does not, nan where
+    unknown. Synthetic set (edit kinds known): exact for color / shape / both edits, nan for add and
+    remove. Other data: the caption lexicon's weak labels (caption_attributes)."""
+    out = np.full((len(texts), len(names)), np.nan, dtype=np.float32)
+    for i, text in enumerate(texts):
+        kind = edit_kinds[i] if i < len(edit_kinds) else None
+        if kind is None:
+            out[i] = caption_attributes(text, names)
+        elif kind in EDIT_KIND_ATTRIBUTES:
+            out[i] = [n in EDIT_KIND_ATTRIBUTES[kind] for n in names]
+    return out
+
+
+def probe_batch(renderer, scene_keys: Sequence[str], names_of_images: Sequence[str], refs: np.ndarray,
+                tgts: np.ndarray, attributes: Sequence[str], k: int, rng: np.random.Generator):
+    """The attribute probes of a batch of queries (cirdata.probes): (uint8 pixels [m, S, S, 3], at [n, A, k]
+    each probe's row in the pixels or -1). Attributes the scenes cannot vary get none."""
+    at = np.full((len(tgts), len(attributes), k), -1, dtype=np.int64)
+    images = []
+    for i, (r, t) in enumerate(zip(refs, tgts, strict=True)):
+        for a, name in enumerate(attributes):
+            if name not in PROBE_FIELDS:
+                continue
+            px = renderer.probes(scene_keys[r], scene_keys[t], names_of_images[t], name, k, rng)
+            at[i, a, : len(px)] = np.arange(len(images), len(images) + len(px))
+            images.extend(px)
+    s = renderer.image_size
+    pixels = np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8)
+    return pixels, at

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--stop-after", type=int, help="stop after this many steps, as an interruption would (tests)")
     args = p.parse_args(argv)
 
+    from cirdata.errors import DataError  # here, not at the top: `dqe-cir --help` imports this module
+    from encoder.errors import EncoderError
     from training.config import load_train_config
     from training.ddp import cleanup, setup
     from training.train import train
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dist = setup()
         result = train(cfg, resume=not args.restart, stop_after=args.stop_after, dist=dist)
-    except TrainingError as e:
+    except (TrainingError, DataError, EncoderError) as e:  # recipes and data raise DataError, tokenizers EncoderError
         where = f"[rank {dist.rank}] " if dist is not None and dist.enabled else ""
         print(f"error: {where}{e}", file=sys.stderr)
         return 2

@@ -42,6 +42,24 @@ class TrainConfig:
     lambda_margin: float = 0.0
     margin: float = 0.15
     lambda_attr: float = 0.0  # attribute-aware term: each sub-query against its attribute's negative
+    # Sub-queries that specialise [ours, docs/METHOD.md]. attribute_probes: k probes per attribute and query
+    # (synth: the target re-rendered with one attribute of its edited object changed, cirdata/probes.py):
+    # each head's negatives in the attribute term (lambda_attr, listwise over [target, its probes]), the
+    # fused query's extra contrastive negatives, and what lambda_invariance keeps the OTHER heads
+    # indifferent to. lambda_decorrelation: cos(q_a, q_b)^2. lambda_weight_labels: the weights against
+    # what the text edits (synth: edit kinds; other data: the caption lexicon).
+    attribute_probes: int = 0
+    lambda_invariance: float = 0.0
+    lambda_decorrelation: float = 0.0
+    lambda_weight_labels: float = 0.0
+    # each sub-query retrieves the batch's images that agree with the target on its attribute (synth: scene keys)
+    lambda_attr_retrieval: float = 0.0
+    reinit_attribute_heads: bool = False  # with init: fresh heads instead of the checkpoint's copies
+    # with init: the checkpoint's heads folded into q_base (text_projection = their mean), fresh heads, and the
+    # weights started nearly shut, so that the fused query starts where the checkpoint's was (training/model.py)
+    fold_attribute_heads: bool = False
+    attribute_lr_mult: float = 1.0  # the heads' and weight gate's learning rate, x lr
+    attribute_warmup_steps: int = 0  # the first steps train the heads and the weight gate alone
     img_set_negatives: int = 0  # contrastive: this many img_set distractors per query join the negatives
     phrasing_noise: float = 0.0  # synth: per-word chance that a non-attribute word is replaced or dropped
     epochs: int = 10
@@ -84,6 +102,13 @@ class TrainConfig:
             (not self.phrasing_noise or (self.data == "synth" and self.task == "cir"),
              f"phrasing_noise needs data 'synth' and task 'cir' (it keeps the synthetic world's attribute "
              f"words, which other data sets have no list of), not data {self.data!r}, task {self.task!r}"),
+            (self.attribute_probes >= 0 and self.attribute_warmup_steps >= 0 and self.attribute_lr_mult > 0,
+             "attribute_probes and attribute_warmup_steps must be >= 0 and attribute_lr_mult > 0"),
+            (not self.lambda_attr_retrieval or self.data == "synth",
+             "lambda_attr_retrieval needs data 'synth' (it reads every image's scene)"),
+            (not self.attribute_probes or (self.data == "synth" and self.task == "cir"),
+             f"attribute_probes needs data 'synth' and task 'cir' (probes are re-rendered synthetic targets), "
+             f"not data {self.data!r}, task {self.task!r}; other data sets use the caption lexicon's weak labels"),
             (not self.pretrained or self.model == "blip2",
              f"--pretrained loads a BLIP-2 checkpoint: use --model blip2 (not {self.model!r})"),
         ]

@@ -30,6 +30,7 @@ from encoder.preprocess import CLIP_MEAN, CLIP_STD
 from training.errors import TrainingError
 
 WEIGHT_MODES = ("off", "global", "sigmoid", "softmax")
+FOLDED_GATE_BIAS = -4.0  # fold_attribute_heads: the new heads' weights start at sigmoid(-4) = 0.02
 DEFAULT_ATTRIBUTES = ("color", "shape")
 
 
@@ -54,6 +55,7 @@ class ModelConfig:
     attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES  # one sub-query head and weight each
     subquery_norm: bool = True  # [ours] L2-normalise each sub-query before the weighted sum
     attribute_head_noise: float = 0.02
+    attribute_head_init: str = "copy"  # copy: text_projection + noise (the form before) | fresh: nn.Linear's init
     freeze_vision: bool = False
     pretrained: str | None = None  # local save_pretrained dir of a Blip2ForImageTextRetrieval
     blip2_config: dict | None = None  # a pretrained model's whole transformers config (rebuilds it from a checkpoint)
@@ -66,6 +68,8 @@ class ModelConfig:
             raise TrainingError(f"attribute_weights must be one of {WEIGHT_MODES}, not {self.attribute_weights!r}")
         if self.image_size % self.patch_size:
             raise TrainingError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.attribute_head_init not in ("copy", "fresh"):
+            raise TrainingError(f"attribute_head_init must be 'copy' or 'fresh', not {self.attribute_head_init!r}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         self.attributes = check_attributes(self.attributes)
 
@@ -175,6 +179,8 @@ class DQECIR(nn.Module):
                 head.weight.copy_(self.blip.text_projection.weight)
                 head.weight.add_(torch.randn_like(head.weight) * cfg.attribute_head_noise)
                 head.bias.copy_(self.blip.text_projection.bias)
+        if cfg.attribute_head_init == "fresh":
+            self.reset_attribute_heads()
         self.weight_gate = nn.Linear(h, a)  # text-conditioned (sigmoid / softmax)
         nn.init.normal_(self.weight_gate.weight, std=0.02)
         nn.init.zeros_(self.weight_gate.bias)
@@ -183,6 +189,29 @@ class DQECIR(nn.Module):
         if cfg.freeze_vision:
             for p in self.blip.vision_model.parameters():
                 p.requires_grad_(False)
+
+    def reset_attribute_heads(self) -> None:
+        """Fresh attribute heads (nn.Linear's own init, zero bias) instead of copies of text_projection:
+        copies start where q_base is and, measured, never leave it (docs/METHOD.md)."""
+        with torch.no_grad():
+            for head in self.attribute_heads.values():
+                head.reset_parameters()
+                head.bias.zero_()
+
+    def fold_attribute_heads(self, gate_bias: float = FOLDED_GATE_BIAS) -> None:
+        """Move what a trained model's heads know into q_base, then start fresh heads with their weights
+        nearly shut: text_projection becomes the mean of the heads (they carried the fused query: un-normalised,
+        near-copies, norm ~9 against q_base's 1), the heads are re-initialised and the weight gate's bias
+        set to `gate_bias` (sigmoid(-4) = 0.02). Measured on the shipped demo model: q_base alone then scores
+        what the old fused query did (R@1 57.2 vs 57.4), and so does the new fused query at the start (57.3),
+        where fresh heads at the old weights fell to 45.4 (docs/benchmarks/controllability.md)."""
+        with torch.no_grad():
+            heads = list(self.attribute_heads.values())
+            self.blip.text_projection.weight.copy_(torch.stack([h.weight for h in heads]).mean(0))
+            self.blip.text_projection.bias.copy_(torch.stack([h.bias for h in heads]).mean(0))
+            self.weight_gate.bias.fill_(gate_bias)
+            self.global_weights.fill_(gate_bias)
+        self.reset_attribute_heads()
 
     def set_qformer_checkpointing(self, on: bool = True) -> None:
         """Activation (gradient) checkpointing of the Q-Former's layers: their activations are recomputed

@@ -24,17 +24,38 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cirdata.controllability import agrees
+from cirdata.probes import ProbeRenderer
 from cirdata.scenes import noisy_phrasing
 from cirdata.tables import CIRData, load_cir_data
 from cirdata.vocab import build_tokenizer, filler_words
+from encoder.preprocess import normalize
 from encoder.text import TextTokenizer
-from training.attributes import SCENE_FIELDS, caption_attributes, twin_negatives, unknown_scene_attributes
+from training.attributes import (
+    SCENE_FIELDS,
+    caption_attributes,
+    edit_labels,
+    probe_batch,
+    twin_negatives,
+    unknown_scene_attributes,
+)
 from training.checkpoint import LAST, load_checkpoint, load_trainer_state, save_checkpoint
 from training.config import TrainConfig, load_train_config
 from training.ddp import Dist, gather_with_grad
 from training.errors import TrainingError
 from training.evaluate import evaluate
-from training.losses import attribute_loss, in_batch_contrastive, margin_ranking, pairwise_kl, rowwise_maxsim
+from training.losses import (
+    attribute_loss,
+    attribute_retrieval,
+    in_batch_contrastive,
+    margin_ranking,
+    pairwise_kl,
+    probe_losses,
+    probe_scores,
+    rowwise_maxsim,
+    subquery_decorrelation,
+    weight_label_loss,
+)
 from training.mining import mine_negatives
 from training.model import DQECIR, ModelConfig, StepForward, maxsim, model_config, pretrained_tokenizer
 from training.trns import MidZoneConfig, NegativeSampler, negative_pools, random_negatives, rebuild_epochs
@@ -84,11 +105,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.opt = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr)
         self.n_items = len(train.names) if cfg.task == "caption" else len(train.ref)
         self.steps_per_epoch = max(1, self.n_items // (cfg.batch_size * cfg.grad_accum))
         self.total_steps = cfg.max_steps or self.steps_per_epoch * cfg.epochs
@@ -107,6 +124,13 @@ class Trainer:
         self.attr_twins, self.attr_named = (None, None)
         if cfg.task == "cir" and cfg.lambda_attr:
             self.attr_twins, self.attr_named = self.attribute_labels()
+        self.probes = ProbeRenderer(cfg.root, "train", model.cfg.image_size) if cfg.attribute_probes else None
+        self.edit_labels = None
+        if cfg.lambda_weight_labels:
+            if model.cfg.attribute_weights != "sigmoid":
+                raise TrainingError("lambda_weight_labels trains sigmoid attribute weights; the model's are "
+                                    f"{model.cfg.attribute_weights!r}")
+            self.edit_labels = edit_labels(train.edit_kinds, train.texts, model.cfg.attributes)
         self.history: list[dict] = []
         self.out = Path(cfg.out)
         self.metrics_path = self.out / "metrics.jsonl"
@@ -158,15 +182,21 @@ class Trainer:
         cfg = self.model.cfg
         return torch.from_numpy(self.train.batch_pixels(idx, cfg.mean, cfg.std)).to(self.device)
 
-    def forward(self, ref: np.ndarray, texts: list[str], cols: np.ndarray | None):
+    def forward(self, ref: np.ndarray, texts: list[str], cols: np.ndarray | None, extra: np.ndarray | None = None):
         """The step's forward on this rank: composed queries (or texts), the tokens of `cols` (each
-        distinct image encoded once) and the temperature."""
+        distinct image encoded once) followed by those of the `extra` uint8 images (probes), and the
+        temperature."""
         ids, mask = (torch.from_numpy(a).to(self.device) for a in self.tok(texts))
         if cols is None:
             return self.net(self.pixels(ref), ids, mask)
         uniq, inv = np.unique(cols, return_inverse=True)
-        parts, tokens, tau = self.net(self.pixels(ref), ids, mask, self.pixels(uniq))
-        return parts, tokens[torch.from_numpy(inv.reshape(-1)).to(self.device)], tau
+        pixels = self.pixels(uniq)
+        if extra is not None and len(extra):
+            cfg = self.model.cfg
+            pixels = torch.cat([pixels, torch.from_numpy(normalize(extra, cfg.mean, cfg.std)).to(self.device)])
+        parts, tokens, tau = self.net(self.pixels(ref), ids, mask, pixels)
+        at = torch.from_numpy(np.concatenate([inv.reshape(-1), np.arange(len(uniq), len(pixels))])).to(self.device)
+        return parts, tokens[at], tau
 
     def loss_cir(self, qi: np.ndarray) -> tuple[torch.Tensor, dict]:
         """qi: the global batch; this rank computes the loss of its slice of it.
@@ -201,12 +231,21 @@ class Trainer:
             if not in_contrastive:
                 local.append(neg[mine].astype(np.int64))
         attr_cols, attr_at = self.attribute_columns(qi[mine], None if neg is None else neg[mine])
+        if self.probes is not None:  # the probes replace the img_set twins as the heads' negatives
+            attr_cols, attr_at = np.zeros(0, np.int64), np.full_like(attr_at, -1)
+            probe_px, probe_at = probe_batch(self.probes, d.scene_keys, d.names, d.ref[qi[mine]], d.tgt[qi[mine]],
+                                             self.model.cfg.attributes, cfg.attribute_probes,
+                                             np.random.default_rng([cfg.seed, 7, self.step]))
+        else:
+            probe_px, probe_at = None, None
         # every rank knows the whole batch's attribute negatives: the term's denominators are global
         per_attribute = (self.attribute_columns(qi, neg)[1] >= 0).sum(axis=0) / dist.world
         if len(attr_cols):
             attr_at = np.where(attr_at >= 0, attr_at + sum(len(c) for c in local), -1)  # -1: no such negative
             local.append(attr_cols)
-        (q_base, q_attrs, w), tokens, tau = self.forward(d.ref[qi[mine]], texts[mine], np.concatenate(local))
+        cols_local = np.concatenate(local)
+        (q_base, q_attrs, w), tokens, tau = self.forward(d.ref[qi[mine]], texts[mine], cols_local, probe_px)
+        probe_tokens = tokens[len(cols_local):]
         q = fuse(q_base, q_attrs, w)
         loss, logs = q.new_zeros(()), {}
         if cfg.contrastive:
@@ -214,7 +253,13 @@ class Trainer:
             labels = sum(len(c) for c in cols[: dist.rank]) + np.arange(n)
             same = torch.from_numpy(self._same_scene(tgt[mine], np.concatenate(cols))).to(self.device)
             labels_t = torch.from_numpy(labels).to(self.device)
-            loss = loss + in_batch_contrastive(maxsim(q, all_tokens), tau, same, labels_t)
+            scores = maxsim(q, all_tokens)
+            if probe_at is not None:  # each query's own probes: one more negative column each
+                own = probe_scores(q, probe_tokens, probe_at)  # -inf where a probe is missing: the learned
+                own = own.masked_fill(~torch.isfinite(own), -1e4)  # tau's gradient would be -inf * 0 there
+                scores = torch.cat([scores, own], dim=1)
+                same = torch.cat([same, same.new_zeros(n, probe_at[0].size)], dim=1)
+            loss = loss + in_batch_contrastive(scores, tau, same, labels_t)
         t_pos = tokens[:n]
         if cfg.pairwise:
             s_pos, s_neg = rowwise_maxsim(q, t_pos), rowwise_maxsim(q, tokens[neg_at: neg_at + n])
@@ -229,7 +274,33 @@ class Trainer:
             attr = attribute_loss(q_attrs, t_pos, tokens, attr_at, cfg.pair_tau, per_attribute)
             loss = loss + cfg.lambda_attr * attr
             logs["attr"] = float(attr.detach())
+        if probe_at is not None:
+            loss = loss + self.probe_terms(q_attrs, t_pos, probe_tokens, probe_at, logs)
+        if cfg.lambda_attr_retrieval:
+            local_cols = cols[dist.rank]
+            agree = torch.from_numpy(self._agreement(tgt[mine], local_cols)).to(self.device)
+            ar = attribute_retrieval(q_attrs, tokens[: len(local_cols)], agree, probe_tokens, probe_at)
+            loss = loss + cfg.lambda_attr_retrieval * ar
+            logs["attr_retrieval"] = float(ar.detach())
+        if cfg.lambda_decorrelation:
+            decorr = subquery_decorrelation(q_attrs)
+            loss = loss + cfg.lambda_decorrelation * decorr
+            logs["decorr"] = float(decorr.detach())
+        if self.edit_labels is not None:
+            wl = weight_label_loss(w, torch.from_numpy(self.edit_labels[qi[mine]]).to(self.device))
+            loss = loss + cfg.lambda_weight_labels * wl
+            logs["weight_labels"] = float(wl.detach())
         return loss, logs
+
+    def probe_terms(self, q_attrs, t_pos, probe_tokens, probe_at: np.ndarray, logs: dict) -> torch.Tensor:
+        """Each head against the probes: sensitivity to its own attribute's (lambda_attr), indifference
+        to the other attributes' (lambda_invariance)."""
+        sens, inv = probe_losses(q_attrs, t_pos, probe_tokens, probe_at, self.cfg.pair_tau)
+        logs["attr"] = float(sens.detach())
+        if not self.cfg.lambda_invariance:
+            return self.cfg.lambda_attr * sens
+        logs["invariance"] = float(inv.detach())
+        return self.cfg.lambda_attr * sens + self.cfg.lambda_invariance * inv
 
     def attribute_columns(self, queries: np.ndarray, neg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The attribute-specific negatives of these queries: (image indices to encode, [n, A] their
@@ -246,6 +317,13 @@ class Trainer:
         valid = which >= 0
         at[valid] = np.arange(int(valid.sum()))
         return which[valid].astype(np.int64), at
+
+    def _agreement(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[A, len(rows), len(cols)] bool: image cols[j] agrees with image rows[i] on attribute a (position by
+        position, cirdata.controllability.agrees)."""
+        keys = self.train.scene_keys
+        return np.stack([[[agrees(keys[c], keys[r], name) for c in cols] for r in rows]
+                         for name in self.model.cfg.attributes])
 
     def _same_scene(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
         cols = rows if cols is None else cols
@@ -374,8 +452,9 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 lr = lr_at(self.step, self.total_steps, cfg)
+                heads_only = self.step < cfg.attribute_warmup_steps
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_mult", 1.0) * (0.0 if heads_only and not g.get("attribute") else 1.0)
                 total, logs = self.train_step(order, s)
                 self.step += 1
                 self.elapsed_s = elapsed_before + time.time() - start
@@ -405,12 +484,35 @@ class Trainer:
                 "planned_steps": self.total_steps, **metrics}
 
 
+def parameter_groups(model: DQECIR, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices only; the attribute heads and weight gate at
+    attribute_lr_mult x the learning rate (marked, so that attribute_warmup_steps can train them alone)."""
+    attribute_ids = {id(p) for mod in (model.attribute_heads, model.weight_gate) for p in mod.parameters()}
+    attribute_ids.add(id(model.global_weights))
+    if cfg.attribute_lr_mult == 1.0 and not cfg.attribute_warmup_steps:
+        attribute_ids = set()  # one pair of groups, as before these options (an older run's optimizer resumes)
+    groups = []
+    for is_attr in (False, True):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in attribute_ids) == is_attr]
+        mult = cfg.attribute_lr_mult if is_attr else 1.0
+        for decay in (True, False):
+            ps = [p for p in params if (p.ndim >= 2) == decay]
+            if ps:
+                groups.append({"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_mult": mult,
+                               "attribute": is_attr})
+    return groups
+
+
 def build_model(cfg: TrainConfig, tok: TextTokenizer | None = None) -> tuple[DQECIR, TextTokenizer]:
     torch.manual_seed(cfg.seed)
     if cfg.init:
         model, tok, _ = load_checkpoint(cfg.init)
         for k, v in cfg.model_overrides.items():  # e.g. attribute_weights for an ablation
             setattr(model.cfg, k, v)
+        if cfg.fold_attribute_heads:
+            model.fold_attribute_heads()
+        elif cfg.reinit_attribute_heads:
+            model.reset_attribute_heads()
         return model, tok
     overrides = dict(cfg.model_overrides)
     if cfg.pretrained:
@@ -439,7 +541,8 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None, 
     state = None
     if resume and last.is_file():
         model, tok, meta = load_checkpoint(last)
-        saved, now = meta.get("train_config", {}), asdict(cfg)
+        # keys added to TrainConfig since the run started: their defaults
+        saved, now = {**asdict(TrainConfig()), **meta.get("train_config", {})}, asdict(cfg)
         if {k: v for k, v in saved.items() if k not in RESUME_MAY_CHANGE} != \
                 {k: v for k, v in now.items() if k not in RESUME_MAY_CHANGE}:
             raise TrainingError(f"{last} was written with another config; use a new --out or delete it")

@@ -48,6 +48,7 @@ def cmd_demo(args) -> int:
           + f" (training/recipes/{FINETUNE_RECIPE}.json)")
     result = train(cfg, resume=False)
     print_table(result, title="[train] after fine-tuning, on synthetic val")
+    print_steer(run, data)
 
     bundle = work / "bundle"
     tuned, tok, _ = load_checkpoint(run / LAST)
@@ -70,6 +71,23 @@ def cmd_demo(args) -> int:
     print(f"[done] pictures of a few queries: {png} and {page}")
     print(f"[serve] try it in a browser (search page and HTTP API): {serve_command(work, data)}")
     return 0
+
+
+def print_steer(run: Path, data: Path) -> None:
+    """Do the attribute weights still steer after the fine-tune? The controllability measures of the
+    fine-tuned model (docs/benchmarks/controllability.md has them for the shipped one)."""
+    from cirdata.tables import load_cir_data
+    from training.controllability import key_numbers, measure
+    from training.train import LAST, load_checkpoint
+
+    model, tok, _ = load_checkpoint(run / LAST)
+    if not {"color", "shape"} <= set(model.cfg.attributes):
+        return
+    val = load_cir_data("synth", data, "val", model.cfg.image_size, progress=False)
+    nums = key_numbers(measure(model, tok, val, data))
+    print_table({k: round(v, 3) for k, v in nums.items()},
+                title="[steer] controllability after fine-tuning (cos(q_color, q_shape); top-10 agreement, color alone "
+                      "vs shape alone, points; heads ranking the target first among probes, %; weight moves)")
 
 
 def finetune_config(data: Path, run: Path, model_path: Path, minutes: float, seed: int):

@@ -30,7 +30,9 @@ def cmd_index(args) -> int:
         report = run_index(settings, args.catalog, args.collection, workers=use_workers, incremental=args.incremental,
                            chunk_size=chunk_size, payload_indexes=parse_payload_indexes(args.payload_index),
                            storage=args.storage, policy=policy, progress=not args.quiet, timeout=args.timeout,
-                           design=args.design)
+                           design=args.design, design_settings={"m": args.m, "ef_construct": args.ef_construct,
+                                                                "hnsw_ef": args.hnsw_ef},
+                           placement=placement_of(args))
     except IndexerError as e:
         if e.report is None:
             raise
@@ -39,6 +41,19 @@ def cmd_index(args) -> int:
         return 1
     _print_report(report, args)
     return 0
+
+
+def placement_of(args):
+    """--shards / --replication-factor / --write-consistency-factor / --on-disk as a Placement (an IndexerError
+    for values Qdrant could never honour)."""
+    from indexer.errors import IndexerError
+    from plugin.placement import Placement
+
+    try:
+        return Placement(shards=args.shards, replication_factor=args.replication_factor,
+                         write_consistency_factor=args.write_consistency_factor, on_disk=args.on_disk)
+    except ValueError as e:
+        raise IndexerError(f"--shards / --replication-factor / --write-consistency-factor: {e}") from e
 
 
 def _print_report(report, args) -> None:
@@ -76,8 +91,18 @@ def register_index(sub) -> None:
     p.add_argument("--payload-index", action="append", metavar="FIELD=TYPE",
                    help="payload index for filtering (keyword, integer, float, bool, text, datetime)")
     p.add_argument("--design", choices=["pooled", "multivector", "token"],
-                   help="first-stage layout of the new version (default: plugin.store.DEFAULT_DESIGN; see the README's "
-                        "sizing table)")
+                   help="first-stage layout of the new version (default: the alias's current design and settings; "
+                        "a new alias gets plugin.store.DEFAULT_DESIGN; see the README's sizing table)")
+    p.add_argument("--m", type=int, help="HNSW links per node of the searched graph (default: the design's)")
+    p.add_argument("--ef-construct", type=int, help="HNSW build beam (default: the design's)")
+    p.add_argument("--hnsw-ef", type=int, help="HNSW search beam recorded for queries (default: the design's)")
+    p.add_argument("--shards", type=int, help="Qdrant cluster: shards of the new version (default: the server's)")
+    p.add_argument("--replication-factor", type=int,
+                   help="Qdrant cluster: copies of each shard (2+: searches survive a node that is down)")
+    p.add_argument("--write-consistency-factor", type=int,
+                   help="Qdrant cluster: replicas that must apply a write before it is acknowledged")
+    p.add_argument("--on-disk", action="store_true",
+                   help="vectors and HNSW memory-mapped from disk (catalogs larger than a node's RAM)")
     p.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="vector storage: fp32, float16 (half the RAM), int8 scalar quantisation")
     p.add_argument("--timeout", type=float, default=None,

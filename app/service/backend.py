@@ -38,8 +38,10 @@ def search_error(e: Exception) -> ApiError:
     """A failed query as the client's fault (4xx) or the backend's (503), by the error's type (plugin/errors.py):
     ItemNotFound 404, BadFilter 422 (on the `filter` field), any other BadQuery 400; everything else (the
     collection missing or of another bundle, Qdrant down or erring) 503."""
-    from plugin import BadFilter, BadQuery, ItemNotFound
+    from plugin import BadFilter, BadQuery, ItemImageMissing, ItemNotFound
 
+    if isinstance(e, ItemImageMissing):
+        return ApiError(404, "image_not_found", str(e))
     if isinstance(e, ItemNotFound):
         return ApiError(404, "not_found", str(e))
     if isinstance(e, BadFilter):
@@ -105,7 +107,8 @@ class Backend:
             if self._search is None:
                 try:
                     self._search = CIRSearch(self.client, self.config.collection, encoder=self.encoder,
-                                             catalog_root=self.config.catalog_root)
+                                             catalog_root=self.config.catalog_root,
+                                             allow_http=self.config.settings.allow_http)
                 except SearchError as e:
                     raise ApiError(503, "unavailable", f"not ready: {e}") from e
                 except Exception as e:  # Qdrant unreachable
@@ -177,9 +180,10 @@ class Backend:
         from plugin import designs, store
 
         search = self.search()
-        one_each = designs.one_point_per_item(store.design_from(search.meta))  # token design: Q points an item
-        try:
-            resp = self.client.query_points(search.collection, query=models.SampleQuery(sample=models.Sample.RANDOM),
+        try:  # the collection the alias names now, with its own design (token: Q points an item)
+            target, meta = search.current()
+            one_each = designs.one_point_per_item(store.design_from(meta, target))
+            resp = self.client.query_points(target, query=models.SampleQuery(sample=models.Sample.RANDOM),
                                             query_filter=one_each,
                                             limit=n, with_payload=True, with_vectors=False)
         except Exception as e:

@@ -42,7 +42,7 @@ class SearchRequest(BaseModel):
     text: str = Field(..., max_length=MAX_TEXT, description='the modification, e.g. "make it red"')
     k: int = Field(10, ge=1, le=MAX_K, description="how many results")
     weights: dict[str, float] | None = Field(
-        None, description=f"override the model's attribute weights (the names GET /api/info lists: color and "
+        None, description=f"override the model's attribute weights (the names GET /v1/info lists: color and "
                           f"shape by default), each in [0, {MAX_WEIGHT:g}]",
         examples=[{"color": 2.0}])
     filter: dict[str, Any] | None = Field(
