@@ -39,7 +39,7 @@ from training.model import maxsim_scores  # noqa: E402
 from training.train import Trainer, build_model  # noqa: E402
 
 RECIPE = "demo-specialise"
-# Every candidate spelled out on top of the recipe (which holds A1's settings, the best lead: none met the bars).
+# Every candidate spelled out on top of the recipe (which holds A2's settings, the best lead: none met the bars).
 ROUND1 = dict(attribute_probes=3, lambda_attr=1.0, lr=5e-5, lambda_attr_retrieval=0.0)
 CANDIDATES = {
     # fresh heads at the checkpoint's weights (no fold): the first round
