@@ -56,6 +56,7 @@ EXACT_BELOW = 2000  # collections smaller than this are searched exactly: it is 
 REFRESH_SECONDS = 5.0  # how long a searcher trusts its alias's target before looking it up again
 # int8 collections (scalar quantisation): MaxSim on the int8 codes lost recall (Recall@10 0.865 at 100k even for
 # exact search, docs/benchmarks/search-edge.md); rescoring the codes' top k x 4 with the fp32 originals gave 1.000.
+# Measured on the pooled design only; the multivector and token requests carry the same rescoring, unmeasured.
 INT8_RESCORE_OVERSAMPLING = 4.0
 GROUP_BY = "item_id"  # token design: the payload field that gathers an item's token points
 
