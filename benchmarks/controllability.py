@@ -73,7 +73,7 @@ def served_check(model: DQECIR, tok, data: CIRData, root: Path, split: str, resu
     index = {name: i for i, name in enumerate(data.names)}
     served = [[index[x] for x in r] for r in ranked]
     torch_top = result["torch_top10"][label][:n]
-    a = names[0] if names[0] in ctl._FIELD else "color"
+    a = names[0] if names[0] in ctl.AGREEMENT_ATTRIBUTES else "color"
     pairs = list(zip(served, [list(t) for t in torch_top], strict=True))
 
     def agreement(rankings) -> float:
@@ -85,20 +85,18 @@ def served_check(model: DQECIR, tok, data: CIRData, root: Path, split: str, resu
             f"top-10 {a} agreement, served": agreement(served), f"top-10 {a} agreement, torch": agreement(torch_top)}
 
 
-def paired_against(model: DQECIR, tok, data: CIRData, baseline: str) -> dict:
-    """R@1 and Rs@1 of `model` against the `baseline` checkpoint's on the same queries: the difference, its
-    paired bootstrap 95% interval and p, and McNemar's exact p."""
+def paired_against(result: dict, data: CIRData, baseline: str) -> dict:
+    """R@1 and Rs@1 of the measured model (its per-query hits in `result`) against the `baseline` checkpoint's
+    on the same queries: the difference, its paired bootstrap 95% interval and p, and McNemar's exact p."""
     from cirdata.metrics import mcnemar_exact, paired_bootstrap
     from training.evaluate import compose_queries, encode_gallery, query_hits
     from training.model import maxsim_scores
     from training.train import load_checkpoint
 
-    def hits(m, t) -> dict:
-        q, _ = compose_queries(m, t, data)
-        return query_hits(data, maxsim_scores(q, encode_gallery(m, data)))
-
     base_model, base_tok, _ = load_checkpoint(baseline)
-    ours, theirs = hits(model, tok), hits(base_model, base_tok)
+    q, _ = compose_queries(base_model, base_tok, data)
+    theirs = query_hits(data, maxsim_scores(q, encode_gallery(base_model, data)))
+    ours = {k: np.array([c == "1" for c in v]) for k, v in result["hits"].items()}
     out = {"baseline": baseline}
     for metric in ("R@1", "Rs@1"):
         b = paired_bootstrap(theirs[metric].astype(float), ours[metric].astype(float), seed=0)
@@ -114,7 +112,7 @@ def _f(x: float) -> str:
 
 def render(result: dict, meta: dict) -> list[str]:
     names = result["attributes"]
-    agree = [n for n in ("color", "shape", "size", "position") if n in names] or ["color", "shape"]
+    agree = ctl.agreement_attributes(names)
     lines = [f"`{meta['command']}`", "",
              f"Machine: {meta['cpu']}, {meta['threads']} threads, load {meta['load']}; {meta['when']}; "
              f"checkpoint `{meta['checkpoint']}`; {meta['queries']} val queries, {result['seconds']} s.", ""]
@@ -192,11 +190,11 @@ def main() -> None:
         result["served"] = served_check(model, tok, data, Path(args.root), args.split, result,
                                         min(args.served_queries, len(data.ref)))
     if args.baseline:
-        result["paired"] = paired_against(model, tok, data, args.baseline)
+        result["paired"] = paired_against(result, data, args.baseline)
     meta = {"command": recorded_command("controllability.py"), "cpu": cpu_name(), "threads": args.threads,
             "load": load_averages(), "when": now(), "checkpoint": args.checkpoint, "queries": len(data.ref)}
     out = Path(args.out)
-    dump = {k: v for k, v in result.items() if k != "torch_top10"}
+    dump = {k: v for k, v in result.items() if k not in ("torch_top10", "hits")}
     out.with_name(f"{out.stem}-{args.label}.json").write_text(json.dumps({**meta, **dump}, indent=1) + "\n")
     write_section(out, f"controllability-{args.label}", render(result, meta), title="Controllability")
 

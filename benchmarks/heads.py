@@ -32,10 +32,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import cpu_name, load_averages, now, recorded_command, write_section  # noqa: E402
 from cirdata.metrics import paired_bootstrap  # noqa: E402
 from cirdata.tables import load_cir_data  # noqa: E402
+from training.checkpoint import read_meta  # noqa: E402
 from training.config import load_train_config  # noqa: E402
 from training.controllability import key_numbers, measure  # noqa: E402
-from training.evaluate import compose_queries, encode_gallery, query_hits  # noqa: E402
-from training.model import maxsim_scores  # noqa: E402
 from training.train import Trainer, build_model  # noqa: E402
 
 RECIPE = "demo-specialise"
@@ -64,16 +63,6 @@ CANDIDATES = {
 }
 
 
-def summary(model, tok, val, root: Path) -> dict:
-    """The controllability measures plus per-query R@1 / Rs@1 hits at the model's weights."""
-    res = measure(model, tok, val, root)
-    q, _ = compose_queries(model, tok, val)
-    hits = query_hits(val, maxsim_scores(q, encode_gallery(model, val)))
-    res.pop("torch_top10")
-    res["hits"] = {k: "".join("1" if h else "0" for h in v) for k, v in hits.items()}
-    return res
-
-
 def run_one(key: str, seed: int, args, train, val) -> dict:
     name, overrides = CANDIDATES[key]
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +72,8 @@ def run_one(key: str, seed: int, args, train, val) -> dict:
         trainer = Trainer(cfg, train, None, model, tok)
         trainer.run()
         row = {"candidate": key, "name": name, "seed": seed, "steps": trainer.step,
-               "train_s": round(trainer.elapsed_s, 1), **summary(model, tok, val, Path(args.root))}
+               "train_s": round(trainer.elapsed_s, 1), **measure(model, tok, val, Path(args.root))}
+        row.pop("torch_top10")
     print(json.dumps({k: v for k, v in row.items() if k not in ("hits", "settings")}), flush=True)
     return row
 
@@ -142,9 +132,7 @@ def main() -> None:
         write_section(out, "heads", table(saved["rows"], saved["meta"]), title="Controllability")
         return
     torch.set_num_threads(args.threads)
-    from training.train import load_checkpoint
-
-    size = load_checkpoint(args.start)[0].cfg.image_size
+    size = read_meta(args.start)["model_config"]["image_size"]  # the start's image size, without its weights
     train = load_cir_data("synth", args.root, "train", size, False)
     val = load_cir_data("synth", args.root, "val", size, False, args.max_queries)
     rows = [run_one(k, s, args, train, val) for k in args.candidates for s in args.seeds]

@@ -13,12 +13,14 @@ No torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 
 from cirdata.scenes import key_objects
 
 EDIT_GROUPS = ("color", "shape", "other")
+AGREEMENT_ATTRIBUTES = ("color", "shape", "size", "position")  # what the scenes label, object by object
 ALONE_WEIGHT = 3.0  # "attribute a alone": w_a = 3, every other weight 0
 _FIELD = {"position": 0, "size": 1, "color": 2, "shape": 3}  # index in key_objects' tuples
 
@@ -26,6 +28,11 @@ _FIELD = {"position": 0, "size": 1, "color": 2, "shape": 3}  # index in key_obje
 def edit_group(kind: str | None) -> str:
     """color-only, shape-only, or every other edit (both, add, remove)."""
     return kind if kind in ("color", "shape") else "other"
+
+
+def agreement_attributes(names: Sequence[str]) -> list[str]:
+    """The model's attributes that top-10 agreement can be measured on (color and shape when it has none)."""
+    return [n for n in AGREEMENT_ATTRIBUTES if n in names] or ["color", "shape"]
 
 
 def weight_settings(attributes: Sequence[str]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
@@ -43,10 +50,15 @@ def weight_settings(attributes: Sequence[str]) -> dict[str, Callable[[np.ndarray
 def agrees(image_key: str, target_key: str, attribute: str) -> bool:
     """The image's objects agree with the target's on `attribute`, position by position: the same
     occupied positions, and at each the same value (for position itself: the same positions)."""
+    return _by_position(image_key, attribute) == _by_position(target_key, attribute)
+
+
+@lru_cache(maxsize=1 << 16)
+def _by_position(key: str, attribute: str) -> frozenset:
+    """(position, value of `attribute`) of each object of a scene key: parsed once per key (training asks
+    for every batch column against every query)."""
     f = _FIELD[attribute]
-    a = {o[0]: o[f] for o in key_objects(image_key)}
-    b = {o[0]: o[f] for o in key_objects(target_key)}
-    return a == b
+    return frozenset((o[0], o[f]) for o in key_objects(key))
 
 
 def top_k_agreement(rankings: Sequence[Sequence[int]], targets: Sequence[int], scene_keys: Sequence[str],

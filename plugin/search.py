@@ -128,13 +128,21 @@ class CIRSearch:
         if hnsw_ef is not None and (not isinstance(hnsw_ef, int) or hnsw_ef < 1):
             raise SearchError(f"hnsw_ef must be a positive integer or None, got {hnsw_ef!r}")
         self.hnsw_ef = hnsw_ef
-        self.target: str | None = None  # the concrete collection queries go to (as last looked up)
-        self.meta: dict = {}
         self._state: tuple[str, dict] | None = None  # (target, meta), replaced whole: what a query reads
         self._checked_at = 0.0
         self.follow(force=True)
 
     # -- the alias --------------------------------------------------------------------------------
+    @property
+    def target(self) -> str | None:
+        """The concrete collection queries go to, as last looked up."""
+        return self._state[0] if self._state else None
+
+    @property
+    def meta(self) -> dict:
+        """That collection's metadata, as last looked up."""
+        return self._state[1] if self._state else {}
+
     def follow(self, force: bool = False) -> str:
         """The collection that `collection` names now (cached for `refresh_seconds`), its fingerprint
         checked against this searcher's bundle whenever it is looked up."""
@@ -161,8 +169,7 @@ class CIRSearch:
                 f"indexed with bundle {meta['fingerprint']}; this searcher's bundle is {self.encoder.fingerprint}, so "
                 "it stops rather than mix the two. Create a new CIRSearch with the new bundle (or roll the alias "
                 "back: dqe-cir index --rollback)")
-        self._state = (target, meta)
-        self.target, self.meta, self._checked_at = target, meta, self._clock()
+        self._state, self._checked_at = (target, meta), self._clock()
         return target, meta
 
     def _on_target(self, call: Callable[[str, dict], object]):

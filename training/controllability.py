@@ -11,29 +11,24 @@ import numpy as np
 import torch
 
 from cirdata import controllability as ctl
+from cirdata.metrics import top_k
 from cirdata.probes import PROBE_FIELDS, ProbeRenderer
 from cirdata.protocol import score_metrics
 from cirdata.tables import CIRData
 from encoder.preprocess import normalize
-from training.evaluate import compose_queries, encode_gallery
-from training.model import DQECIR, maxsim, maxsim_scores
+from training.evaluate import compose_queries, encode_gallery, query_hits
+from training.losses import probe_scores, rowwise_maxsim
+from training.model import DQECIR, maxsim_scores
 
 PROBES = 3
 
 
-def ranked_without_reference(data: CIRData, scores: np.ndarray, k: int = 10) -> np.ndarray:
-    """[Q, k] the best k gallery images of each query, its reference left out."""
-    s = np.array(scores, dtype=np.float64)
-    s[np.arange(len(s)), data.ref] = -np.inf
-    top = np.argpartition(-s, k, axis=1)[:, :k]
-    order = np.take_along_axis(s, top, axis=1).argsort(axis=1)[:, ::-1]
-    return np.take_along_axis(top, order, axis=1)
-
-
 @torch.no_grad()
-def probe_scores(model: DQECIR, data: CIRData, root: Path, split: str, q_attrs: np.ndarray) -> dict:
-    """Each sub-query alone against the target and PROBES probes of each attribute: {(head, probed):
-    (s_target [Q], s_probes [Q, PROBES] nan where missing)}."""
+def probe_target_scores(model: DQECIR, data: CIRData, root: Path, split: str, q_attrs: np.ndarray,
+                        gallery_tokens: torch.Tensor) -> dict:
+    """Each sub-query alone against the target (its tokens from `gallery_tokens`, the split's encoded gallery)
+    and PROBES probes of each attribute: {(head, probed): (s_target [Q], s_probes [Q, PROBES] nan where
+    missing)}."""
     names = [n for n in model.cfg.attributes if n in PROBE_FIELDS]
     renderer = ProbeRenderer(root, split, model.cfg.image_size)
     cfg = model.cfg
@@ -49,43 +44,41 @@ def probe_scores(model: DQECIR, data: CIRData, root: Path, split: str, q_attrs: 
         batch = normalize(np.stack(probe_px[s: s + 256]), cfg.mean, cfg.std)
         toks.append(model.encode_image(torch.from_numpy(batch)).float())
     probe_tokens = torch.cat(toks) if toks else torch.zeros(0, cfg.num_query_tokens, cfg.embed_dim)
-    target_tokens = encode_gallery(model, data, idx=data.tgt)
+    target_tokens = gallery_tokens[torch.from_numpy(np.asarray(data.tgt))]
     qa = torch.nn.functional.normalize(torch.from_numpy(q_attrs), dim=-1)
     out = {}
     for j, head in enumerate(model.cfg.attributes):
         if head not in names:
             continue
-        s_t = (qa[:, j, None, :] * target_tokens).sum(-1).amax(-1).numpy()
+        s_t = rowwise_maxsim(qa[:, j], target_tokens).numpy()
         for probed in names:
-            at = slots[probed]
-            s_p = np.full(at.shape, np.nan)
-            for i in range(len(at)):
-                valid = at[i] >= 0
-                if valid.any():
-                    s_p[i, valid] = maxsim(qa[i: i + 1, j], probe_tokens[at[i, valid]]).numpy()[0]
-            out[(head, probed)] = (s_t, s_p)
+            s_p = probe_scores(qa[:, j], probe_tokens, slots[probed]).numpy()  # -inf where a query has fewer
+            out[(head, probed)] = (s_t, np.where(np.isinf(s_p), np.nan, s_p))
     return out
 
 
 def measure(model: DQECIR, tok, data: CIRData, root: Path, split: str = "val") -> dict:
-    """Every number of the page for one model (torch path)."""
+    """Every number of the page for one model (torch path), with the per-query R@1 / Rs@1 hits at the model's
+    own weights ("hits", as '0'/'1' strings) for paired tests."""
     t0 = time.time()
     names = list(model.cfg.attributes)
-    q_raw, parts = compose_queries(model, tok, data)
+    _, parts = compose_queries(model, tok, data)
     tokens = encode_gallery(model, data)
     groups = np.array([ctl.edit_group(k) for k in data.edit_kinds])
     q_base, q_attrs, w_model = parts["q_base"], parts["q_attrs"], parts["weights"]
-    attrs_for_agreement = [n for n in ("color", "shape", "size", "position") if n in names] or ["color", "shape"]
+    attrs_for_agreement = ctl.agreement_attributes(names)
+    tkeys = [data.scene_keys[t] for t in data.tgt]
     settings, top10 = {}, {}
     for label, rule in ctl.weight_settings(names).items():
         w = torch.from_numpy(rule(w_model).astype(np.float32))
         q = model.fuse(torch.from_numpy(q_base), torch.from_numpy(q_attrs), w)
         scores = maxsim_scores(q, tokens)
-        ranked = ranked_without_reference(data, scores)
+        ranked = top_k(scores, 10, data.ref)  # the reference left out
         top10[label] = ranked
+        if label == "model's":  # per-query hits at the model's own weights, for paired tests
+            hits = {k: "".join("1" if h else "0" for h in v) for k, v in query_hits(data, scores).items()}
         overall = score_metrics(data, scores)
         row = {"all": {"R@1": overall["R@1"], "R@10": overall["R@10"], "Rs@1": overall["Rs@1"]}}
-        tkeys = [data.scene_keys[t] for t in data.tgt]
         for g in ctl.EDIT_GROUPS:
             sel = np.flatnonzero(groups == g)
             if not len(sel):
@@ -103,15 +96,15 @@ def measure(model: DQECIR, tok, data: CIRData, root: Path, split: str = "val") -
     out["cos with q_base"] = {n: ctl.cosine(q_attrs[:, j], q_base) for j, n in enumerate(names)}
     out["weights by edit kind"] = {g: {n: float(w_model[groups == g, j].mean()) for j, n in enumerate(names)}
                                    for g in ctl.EDIT_GROUPS if (groups == g).any()}
-    probes = probe_scores(model, data, root, split, q_attrs)
+    probes = probe_target_scores(model, data, root, split, q_attrs, tokens)
     out["probes"] = {}
     for (head, probed), (s_t, s_p) in probes.items():
         ok = ctl.has_probes(s_p)
         out["probes"][f"{head}|{probed}"] = {"n": int(ok.sum()),
                                              "first": 100 * float(ctl.first_among(s_t[ok], s_p[ok]).mean())}
     out["torch_top10"] = {k: v.tolist() for k, v in top10.items()}
+    out["hits"] = hits
     out["seconds"] = round(time.time() - t0, 1)
-    del q_raw
     return out
 
 

@@ -120,9 +120,10 @@ class Trainer:
         self.neg_rng = np.random.default_rng([cfg.seed, 991])
         self.text_rng = random.Random(cfg.seed)
         self.fillers = filler_words()
-        # the attribute term's negatives: img_set twins (synthetic set) or caption weak labels
+        # the attribute term's negatives: img_set twins (synthetic set) or caption weak labels; with
+        # attribute_probes the term takes the probes instead (probe_terms)
         self.attr_twins, self.attr_named = (None, None)
-        if cfg.task == "cir" and cfg.lambda_attr:
+        if cfg.task == "cir" and cfg.lambda_attr and not cfg.attribute_probes:
             self.attr_twins, self.attr_named = self.attribute_labels()
         self.probes = ProbeRenderer(cfg.root, "train", model.cfg.image_size) if cfg.attribute_probes else None
         self.edit_labels = None
@@ -214,7 +215,8 @@ class Trainer:
         n = mine.stop - mine.start
         tgt = d.tgt[qi]
         extra = self.img_set_distractors(qi) if cfg.contrastive else None
-        neg = self.negatives(qi) if cfg.pairwise or (cfg.lambda_attr and self.attr_twins is None) else None
+        weak_labels = cfg.lambda_attr and not cfg.attribute_probes and self.attr_twins is None
+        neg = self.negatives(qi) if cfg.pairwise or weak_labels else None
         in_contrastive = cfg.loss == "both"  # the pairwise negative is a contrastive column too
 
         def contrastive_cols(s: slice) -> np.ndarray:
@@ -231,8 +233,7 @@ class Trainer:
             if not in_contrastive:
                 local.append(neg[mine].astype(np.int64))
         attr_cols, attr_at = self.attribute_columns(qi[mine], None if neg is None else neg[mine])
-        if self.probes is not None:  # the probes replace the img_set twins as the heads' negatives
-            attr_cols, attr_at = np.zeros(0, np.int64), np.full_like(attr_at, -1)
+        if self.probes is not None:
             probe_px, probe_at = probe_batch(self.probes, d.scene_keys, d.names, d.ref[qi[mine]], d.tgt[qi[mine]],
                                              self.model.cfg.attributes, cfg.attribute_probes,
                                              np.random.default_rng([cfg.seed, 7, self.step]))
@@ -307,7 +308,7 @@ class Trainer:
         position among them or -1). Synthetic set: each attribute's img_set twin (training.attributes);
         other data: the pairwise negative, for the attributes the caption names (weak labels)."""
         a = len(self.model.cfg.attributes)
-        if not self.cfg.lambda_attr:
+        if not self.cfg.lambda_attr or self.cfg.attribute_probes:  # probes: the term is probe_terms'
             return np.zeros(0, np.int64), np.full((len(queries), a), -1)
         if self.attr_twins is not None:
             which = self.attr_twins[queries]

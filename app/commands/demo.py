@@ -48,10 +48,10 @@ def cmd_demo(args) -> int:
           + f" (training/recipes/{FINETUNE_RECIPE}.json)")
     result = train(cfg, resume=False)
     print_table(result, title="[train] after fine-tuning, on synthetic val")
-    print_steer(run, data)
+    tuned, tok, _ = load_checkpoint(run / LAST)
+    print_steer(tuned, tok, val, data)
 
     bundle = work / "bundle"
-    tuned, tok, _ = load_checkpoint(run / LAST)
     export_bundle(tuned, tok, bundle, source={"checkpoint": str(run / LAST), "preset": tuned.cfg.preset})
 
     from app.query_sheet import query_sheet
@@ -73,17 +73,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def print_steer(run: Path, data: Path) -> None:
+def print_steer(model, tok, val, data: Path) -> None:
     """Do the attribute weights still steer after the fine-tune? The controllability measures of the
-    fine-tuned model (docs/benchmarks/controllability.md has them for the shipped one)."""
-    from cirdata.tables import load_cir_data
+    fine-tuned model on the val split already loaded (docs/benchmarks/controllability.md has them for the
+    shipped one)."""
     from training.controllability import key_numbers, measure
-    from training.train import LAST, load_checkpoint
 
-    model, tok, _ = load_checkpoint(run / LAST)
     if not {"color", "shape"} <= set(model.cfg.attributes):
         return
-    val = load_cir_data("synth", data, "val", model.cfg.image_size, progress=False)
     nums = key_numbers(measure(model, tok, val, data))
     print_table({k: round(v, 3) for k, v in nums.items()},
                 title="[steer] controllability after fine-tuning (cos(q_color, q_shape); top-10 agreement, color alone "
