@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "controllability.md"))
     args = ap.parse_args()
+    load_before = load_averages()
     torch.set_num_threads(args.threads)
     from training.train import load_checkpoint
 
@@ -192,7 +193,8 @@ def main() -> None:
     if args.baseline:
         result["paired"] = paired_against(result, data, args.baseline)
     meta = {"command": recorded_command("controllability.py"), "cpu": cpu_name(), "threads": args.threads,
-            "load": load_averages(), "when": now(), "checkpoint": args.checkpoint, "queries": len(data.ref)}
+            "load": f"{load_before} before, {load_averages()} after", "when": now(), "checkpoint": args.checkpoint,
+            "queries": len(data.ref)}
     out = Path(args.out)
     dump = {k: v for k, v in result.items() if k not in ("torch_top10", "hits")}
     out.with_name(f"{out.stem}-{args.label}.json").write_text(json.dumps({**meta, **dump}, indent=1) + "\n")

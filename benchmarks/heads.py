@@ -84,7 +84,9 @@ def _hit_rates(rows: list[dict], metric: str) -> np.ndarray:
 
 def table(rows: list[dict], meta: dict) -> list[str]:
     lines = [f"`{meta['command']}`", "",
-             f"Machine: {meta['cpu']}, {meta['threads']} threads, load at the end {meta['load']}; {meta['when']}; "
+             f"Machine: {meta['cpu']}, {meta['threads']} threads, load "
+             + (f"{meta['load_before']} before, " if "load_before" in meta else "")
+             + f"{meta['load']} at the end; {meta['when']}; "
              f"{meta['steps']} steps from `{meta['start']}`, seeds {meta['seeds']}; mean ± sd over the seeds; "
              "paired: the difference to S0 with its bootstrap 95% interval and p.", ""]
     keys = list(key_numbers(rows[0]))
@@ -131,6 +133,7 @@ def main() -> None:
         saved = json.loads(store.read_text())
         write_section(out, "heads", table(saved["rows"], saved["meta"]), title="Controllability")
         return
+    load_before = load_averages()
     torch.set_num_threads(args.threads)
     size = read_meta(args.start)["model_config"]["image_size"]  # the start's image size, without its weights
     train = load_cir_data("synth", args.root, "train", size, False)
@@ -143,7 +146,8 @@ def main() -> None:
         rows = [r for r in saved["rows"] if (r["candidate"], r["seed"]) not in new] + rows
         command = f"{saved['meta']['command']}, then {command}"
     meta = {"command": command, "cpu": cpu_name(), "threads": args.threads,
-            "load": load_averages(), "when": now(), "steps": args.steps, "start": args.start, "seeds": args.seeds}
+            "load": load_averages(), "load_before": load_before, "when": now(), "steps": args.steps,
+            "start": args.start, "seeds": args.seeds}
     store.write_text(json.dumps({"meta": meta, "rows": rows}) + "\n")
     write_section(out, "heads", table(rows, meta), title="Controllability")
 
