@@ -59,17 +59,17 @@ def served_metrics(search, data: CIRRSplit, batch: int = 32, progress: bool = Tr
 def served_eval(bundle: str | Path, root: str | Path, split: str, qdrant_path: str | Path,
                 alias: str = "catalog", progress: bool = True,
                 max_queries: int | None = None) -> tuple[dict, list, CIRRSplit, object]:
-    """Index a CIRR-layout split (in-process, local mode) with the bundle, then score it through
-    CIRSearch. Returns (metrics, top-5 per query, the split, the indexing report)."""
-    from qdrant_client import QdrantClient
-
+    """Index a CIRR-layout split (in-process, on the embedded engine QDRANT_ENGINE) with the bundle, then score
+    it through CIRSearch. Returns (metrics, top-5 per query, the split, the indexing report)."""
     from encoder import Encoder
     from indexer.reindex_inprocess import index_catalog
+    from indexer.settings import load_settings
+    from plugin import store
     from plugin.search import CIRSearch
 
     data = load_cirr(root, split)
     manifest = write_manifest(data, Path(root) / f"catalog.{split}.jsonl")
-    client = QdrantClient(path=str(qdrant_path))
+    client = store.open_embedded(str(qdrant_path), load_settings().qdrant_engine)
     try:
         enc = Encoder(bundle)
         report = index_catalog(client, enc, manifest, alias=alias, progress=progress)

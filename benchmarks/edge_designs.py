@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import cpu_name, shown, write_section
-from benchmarks.edge_search import K, edge_request, loadavg, measure, numpy_topk
+from benchmarks.edge_common import K, edge_request, loadavg, measure, numpy_topk
 from plugin import designs
 from plugin.search import DEFAULT_OVERSAMPLE
 

@@ -1,5 +1,5 @@
-"""Search against a real engine: qdrant-edge (Qdrant's Rust segment engine, in-process) as a
-benchmark-only stand-in for a Qdrant server, with the project's schema and the project's embeddings.
+"""Search against a real engine: qdrant-edge (Qdrant's Rust segment engine, in-process), the product's
+embedded engine (plugin/edge.py) and a stand-in for a Qdrant server, with the project's schema and embeddings.
 
     # 1. embeddings (once, cached): synthetic images rendered by cirdata/synth.py, encoded with a bundle
     python benchmarks/edge_search.py embed --bundle BUNDLE --root SYNTH_ROOT --items 100000 --cache DIR
@@ -9,12 +9,14 @@ benchmark-only stand-in for a Qdrant server, with the project's schema and the p
     # 3. the pooled design's storage study (benchmarks/edge_storage.py): oversample ladder, local mode,
     #    fp16/int8, response sizes -> the same page, its own section
     python benchmarks/edge_search.py storage --cache DIR --sizes 10000 100000
+    # 4. the product's own path on an embedded engine (plugin.store + CIRSearch): edge (default) or local mode
+    python benchmarks/edge_search.py embedded --engine edge --cache DIR --items 100000 --queries 200
 
 Schemas: plugin/designs.py's, converted to edge's types. Queries: composed queries of the synthetic val split
 (reference + text) through Encoder.compose and encoder.fusion.fuse. Ground truth: exact MaxSim in numpy over
-the same fp32 vectors. This file holds the embeddings step and what both studies share.
-
-Needs the `bench` extra (qdrant-edge-py). Nothing of this is imported by the project.
+the same fp32 vectors. This file holds the embeddings step and the product-path study; benchmarks/edge_common.py
+what the studies share (the pooled request is the product's own, plugin.search.design_request, converted by
+plugin.edge). Nothing of this is imported by the project.
 """
 
 from __future__ import annotations
@@ -33,17 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import load_averages  # noqa: E402
-from encoder.fusion import maxsim, pooled  # noqa: E402
-
-K = 10
-
-
-loadavg = load_averages  # the name edge_designs.py and edge_storage.py import
-
-
-def pct(values, q) -> float:
-    return float(np.percentile(np.asarray(values) * 1000, q))
+from benchmarks.edge_common import K, loadavg, numpy_topk, pct  # noqa: E402
 
 
 # --- 1. embeddings --------------------------------------------------------------------------------
@@ -98,146 +90,69 @@ def cmd_embed(args) -> None:
           f"{len(queries)} queries composed in {compose_s:.1f}s -> {cache}")
 
 
-# --- engines --------------------------------------------------------------------------------------
-def edge_config(d: int, storage: str = "fp32"):
-    from qdrant_edge import (
-        Distance,
-        EdgeConfig,
-        EdgeVectorParams,
-        HnswIndexConfig,
-        MultiVectorComparator,
-        MultiVectorConfig,
-        ScalarQuantizationConfig,
-        ScalarType,
-        VectorStorageDatatype,
-    )
-
-    # the same choices as plugin.store.create_collection
-    dtype = VectorStorageDatatype.Float16 if storage == "fp16" else None
-    quant = ScalarQuantizationConfig(type=ScalarType.Int8, always_ram=True) if storage == "int8" else None
-    return EdgeConfig(
-        vectors={
-            "tokens": EdgeVectorParams(size=d, distance=Distance.Dot, datatype=dtype, on_disk=storage == "int8",
-                                       multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
-                                       hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)),
-            "pooled": EdgeVectorParams(size=d, distance=Distance.Cosine, datatype=dtype),
-        },
-        quantization_config=quant,
-    )
+# --- the embedded engines: the product's own path (CIRSearch, plugin.store) on each --------------------------
+SECTIONS = {"local": ("edge-local", "Search against a real engine (qdrant-edge)"),
+            "edge": ("embedded-edge", "Search against a real engine (qdrant-edge)")}
 
 
-def build_edge(path: Path, tokens: np.ndarray, ids: list[str], payloads: list[dict], storage: str = "fp32",
-               optimize: bool = True) -> tuple:
-    from qdrant_edge import EdgeShard, Point, UpdateOperation
-
-    shutil.rmtree(path, ignore_errors=True)
-    shard = EdgeShard.create(str(path), edge_config(tokens.shape[-1], storage))
-    pool = pooled(tokens)
-    t0 = time.perf_counter()
-    for s in range(0, len(tokens), 1000):
-        points = [Point(ids[i], {"tokens": tokens[i].tolist(), "pooled": pool[i].tolist()}, payloads[i])
-                  for i in range(s, min(s + 1000, len(tokens)))]
-        shard.update(UpdateOperation.upsert_points(points))
-    upsert_s = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    if optimize:
-        shard.optimize()
-    optimize_s, optimize_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    info = shard.info()
-    return shard, {"upsert_s": upsert_s, "optimize_s": optimize_s, "optimize_cpu_s": optimize_cpu_s,
-                   "segments": info.segments_count, "points": info.points_count,
-                   "indexed_vectors": info.indexed_vectors_count,
-                   "disk_mb": sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file()) / 1e6}
-
-
-def edge_request(q: np.ndarray, oversample: int | None, ef: int | None = None, with_vector=False,
-                 with_payload=True, quant=None):
-    """The same request as CIRSearch._request: exact MaxSim (oversample None) or HNSW prefetch of
-    k x oversample on `pooled`, re-scored by MaxSim on `tokens`. `quant`: QuantizationSearchParams
-    for the MaxSim stage (int8 storage)."""
-    from qdrant_edge import Prefetch, Query, QueryRequest, SearchParams
-
-    vec = q.astype(np.float32).tolist()
-    params = SearchParams(quantization=quant) if quant is not None else None
-    if oversample is None:
-        return QueryRequest(limit=K, query=Query.Nearest([vec], using="tokens"), with_payload=with_payload,
-                            with_vector=with_vector, params=params)
-    prefetch = Prefetch(limit=K * oversample, query=Query.Nearest(vec, using="pooled"),
-                        params=SearchParams(hnsw_ef=ef) if ef else None)
-    return QueryRequest(limit=K, query=Query.Nearest([vec], using="tokens"), prefetches=[prefetch],
-                        with_payload=with_payload, with_vector=with_vector, params=params)
-
-
-def measure(queries, truth, engines) -> tuple[dict, dict]:
-    """Latency and Recall@10 of each engine (name, fn(query) -> set of row indices, how many queries),
-    every engine on one query before the next query, starting at a different engine each time."""
-    times = {name: [] for name, _, _ in engines}
-    hits = {name: [] for name, _, _ in engines}
-    for i, q in enumerate(queries):
-        shift = i % len(engines)
-        for name, fn, limit in engines[shift:] + engines[:shift]:
-            if i >= limit:
-                continue
-            t = time.perf_counter()
-            got = fn(q)
-            times[name].append(time.perf_counter() - t)
-            hits[name].append(len(truth[i] & got) / K)
-    lat = {k: {"p50": pct(v, 50), "p95": pct(v, 95), "n": len(v)} for k, v in times.items() if v}
-    return lat, {k: float(np.mean(v)) for k, v in hits.items() if v}
-
-
-def numpy_topk(q: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    s = maxsim(q[None], tokens)[0]
-    top = np.argpartition(-s, K)[:K]
-    return top[np.argsort(-s[top])]
-
-
-# --- local mode: the embedded default's cost per design ---------------------------------------------
-def cmd_local(args) -> None:
-    """Each design in qdrant-client's local mode (what `dqe-cir demo` and the tests use; it scans, it has no
-    HNSW): upsert time and the time of CIRSearch's own request per query, on the first --items of the cache."""
+def cmd_embedded(args) -> None:
+    """Each design on an embedded engine as the product runs it: plugin.store builds the collection (edge: upsert,
+    then store.seal's optimize, timed apart) and CIRSearch's own request path answers (alias look-up, the design's
+    request, the engine's conversion), on the first --items of the cache. Recall@10 against exact MaxSim in numpy."""
     from qdrant_client import QdrantClient
 
     from benchmarks.common import cpu_name, now, shown, write_section
     from encoder import Encoder
     from plugin import CIRSearch, store
 
-    cache = Path(args.cache)
+    cache, engine = Path(args.cache), args.engine
     meta = json.loads((cache / "meta.json").read_text())
-    tokens = np.load(cache / "tokens.npy", mmap_mode="r")[: args.items]
+    tokens = np.asarray(np.load(cache / "tokens.npy", mmap_mode="r")[: args.items])
     queries = np.load(cache / "queries.npz")["fused"][: args.queries]
+    truths = [{meta["names"][j] for j in numpy_topk(q, tokens)} for q in queries]
     enc = Encoder(meta["bundle"], threads=1)
     started, rows = now(), []
     for name in args.designs:
-        client = QdrantClient(":memory:")
+        folder = Path(args.workdir) / f"embedded-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        client = QdrantClient(":memory:") if engine == "local" else store.open_embedded(str(folder), engine)
         store.create_collection(client, "c", enc.spec, design=name)
         t0 = time.perf_counter()
         for s in range(0, len(tokens), 500):
-            store.upsert(client, "c", [store.Item(meta["names"][i], np.asarray(tokens[i]), {"uri": meta["uris"][i]})
+            store.upsert(client, "c", [store.Item(meta["names"][i], tokens[i], {"uri": meta["uris"][i]})
                                        for i in range(s, min(len(tokens), s + 500))])
-        upsert_s = time.perf_counter() - t0
+        upsert_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        store.seal(client, "c")
+        seal_s = time.perf_counter() - t0
         search = CIRSearch(client, "c", encoder=enc, exact_below=0)  # the approximate request, as at scale
         times, hits = [], 0
-        for q in queries:
+        for q, truth in zip(queries, truths, strict=True):
             t0 = time.perf_counter()
-            found = search._search("c", search.current()[1], q[None], [None], None, K, None, search.oversample, False,
-                                   False)[0]
+            found = search._on_target(lambda target, m, q=q, s=search: s._search(
+                target, m, q[None], [None], None, K, None, s.oversample, False, False))[0]
             times.append(time.perf_counter() - t0)
-            truth = {meta["names"][j] for j in np.argsort(-maxsim(q[None], np.asarray(tokens))[0])[:K]}
             hits += len(truth & {p["item_id"] for p, _, _ in found})
-        rows.append({"design": name, "upsert_s": upsert_s, "p50": pct(times, 50), "p95": pct(times, 95),
-                     "recall": hits / (K * len(queries))})
-        print(f"[local] {name}: {rows[-1]}", flush=True)
+        rows.append({"design": name, "upsert_s": upsert_s, "seal_s": seal_s, "p50": pct(times, 50),
+                     "p95": pct(times, 95), "recall": hits / (K * len(queries))})
+        print(f"[{engine}] {name}: {rows[-1]}", flush=True)
         client.close()
-    lines = [f"Command: `python benchmarks/edge_search.py local --cache {shown(cache)} --items {args.items} "
-             f"--queries {args.queries} --designs {' '.join(args.designs)} --out {shown(args.out)}`  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} cores; started {started}; {len(tokens):,} items, "
-             f"{len(queries)} queries, each design's default settings (`plugin.designs.DESIGN_DEFAULTS`).", "",
-             "| design | items | upsert s | p50 ms / query | p95 ms / query | Recall@10 vs exact |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['design']} | {len(tokens):,} | {r['upsert_s']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-              f"{r['recall']:.3f} |" for r in rows]
-    write_section(args.out, "edge-local", lines, title="Search against a real engine (qdrant-edge)")
+        shutil.rmtree(folder, ignore_errors=True)
+    section, title = SECTIONS[engine]
+    what = {"local": "qdrant-client's local mode (pure Python, exact: it has no HNSW)",
+            "edge": "the edge engine (plugin/edge.py over qdrant-edge-py, the embedded default)"}[engine]
+    lines = [f"Command: `python benchmarks/edge_search.py {args.cmd} --engine {engine} --cache {shown(cache)} "
+             f"--items {args.items} --queries {args.queries} --designs {' '.join(args.designs)} --out "
+             f"{shown(args.out)}`  ",
+             f"Machine: {cpu_name()}, {os.cpu_count()} cores; started {started}, load averages {loadavg()} at the "
+             f"end; {what}; {len(tokens):,} items, {len(queries)} queries, each design's default settings "
+             "(`plugin.designs.DESIGN_DEFAULTS`), through `CIRSearch` (its request, alias look-up and conversion; "
+             "composing the query is not timed). Build: `store.upsert` in batches of 500, then `store.seal` "
+             "(edge: optimize(), the HNSW graphs).", "",
+             "| design | items | upsert s | seal s | p50 ms / query | p95 ms / query | Recall@10 vs exact |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['design']} | {len(tokens):,} | {r['upsert_s']:.1f} | {r['seal_s']:.1f} | {r['p50']:.2f} | "
+              f"{r['p95']:.2f} | {r['recall']:.4f} |" for r in rows]
+    write_section(args.out, section, lines, title=title)
 
 
 def main() -> None:
@@ -254,13 +169,16 @@ def main() -> None:
     from benchmarks import edge_designs
 
     edge_designs.add_arguments(r)
-    lo = sub.add_parser("local", help="each design in qdrant-client's local mode (the embedded default)")
-    lo.add_argument("--cache", default="/tmp/edge-bench/emb")
-    lo.add_argument("--items", type=int, default=4500)
-    lo.add_argument("--queries", type=int, default=20)
-    lo.add_argument("--designs", nargs="+", default=["pooled", "multivector", "token"],
-                    choices=["pooled", "multivector", "token"])
-    lo.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
+    for cmd, engine in (("local", "local"), ("embedded", "edge")):  # `local`: embedded --engine local
+        lo = sub.add_parser(cmd, help="each design on an embedded engine through CIRSearch (edge: the default)")
+        lo.add_argument("--engine", choices=["edge", "local"], default=engine)
+        lo.add_argument("--cache", default="/tmp/edge-bench/emb")
+        lo.add_argument("--workdir", default="/tmp/edge-bench/work")
+        lo.add_argument("--items", type=int, default=4500)
+        lo.add_argument("--queries", type=int, default=20)
+        lo.add_argument("--designs", nargs="+", default=["pooled", "multivector", "token"],
+                        choices=["pooled", "multivector", "token"])
+        lo.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
     rp = sub.add_parser("report", help="rewrite the page's edge-designs section from a run's results JSON")
     rp.add_argument("--results", default="/tmp/edge-bench/work/designs-results.json")
     rp.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "search-edge.md"))
@@ -282,8 +200,8 @@ def main() -> None:
         cmd_embed(args)
     elif args.cmd == "run":
         edge_designs.cmd_designs(args)
-    elif args.cmd == "local":
-        cmd_local(args)
+    elif args.cmd in ("local", "embedded"):
+        cmd_embedded(args)
     elif args.cmd == "report":
         results = json.loads(Path(args.results).read_text())
         results["fits"] = edge_designs.fits(results)  # the fit is the page's reading of the measured recalls

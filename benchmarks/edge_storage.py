@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import cpu_name, shown, write_section
-from benchmarks.edge_search import K, build_edge, edge_request, loadavg, measure, numpy_topk, pct
+from benchmarks.edge_common import K, build_edge, edge_request, loadavg, measure, numpy_topk, pct
 from encoder.fusion import l2_normalize
 
 SECTION, PAGE_TITLE = "edge-results", "Search against a real engine (qdrant-edge)"
@@ -102,7 +102,7 @@ def cmd_storage(args) -> None:
         shutil.rmtree(work / f"edge-{size}-fp32", ignore_errors=True)
         # fp16 and int8 storage: recall against the fp32 exact MaxSim, same queries
         row["storage"] = {}
-        from qdrant_edge import QuantizationSearchParams
+        from qdrant_client.models import QuantizationSearchParams
 
         requery = QuantizationSearchParams(rescore=True, oversampling=4.0)
         originals = QuantizationSearchParams(ignore=True)

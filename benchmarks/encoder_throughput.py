@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_name, recorded_command, write_section  # noqa: E402
+from benchmarks.common import cpu_name, load_averages, recorded_command, write_section  # noqa: E402
 from cirdata.vocab import build_tokenizer  # noqa: E402
 from encoder.text import TextTokenizer  # noqa: E402
 from training.export import export_bundle  # noqa: E402
@@ -47,14 +47,56 @@ TEXTS = ["make the red circle blue", "replace the yellow star with a small purpl
          "turn the blue square into a cross"]
 
 
-def timeit(fn, reps: int) -> float:
+SPREADS: dict[tuple, float] = {}  # (config, batch, what) -> (slowest - fastest) / median of the timed runs
+
+
+def timeit(fn, reps: int, key: tuple = ()) -> float:
     fn()  # warm-up
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    median = statistics.median(times)
+    if key:
+        SPREADS[key] = (max(times) - min(times)) / median
+    return median
+
+
+def flops_per_item(fn, batch: int) -> float:
+    """FLOPs of one call divided by its batch, counted by torch's FlopCounterMode (matmuls, convolutions and
+    attention: what dominates; elementwise work is left out, so this is a floor)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # with autograd on: its module hooks fail under no_grad / inference_mode
+        fn()
+    return counter.get_total_flops() / batch
+
+
+def gemm_ceiling(threads: int, reps: int = 10) -> tuple[float, str]:
+    """(GFLOP/s, which) of the fastest fp32 square matmul this machine's cores reach at `threads` threads, median
+    of `reps` each: torch's at n 1024 and 2048 and onnxruntime's own MatMul (its MLAS kernels, what the
+    exported encoder runs on) at 2048. The operation that dominates a transformer, measured in the same run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    torch.set_num_threads(threads)
+    best = (0.0, "")
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best = max(best, (2 * n ** 3 / timeit(lambda a=a, b=b: torch.mm(a, b), reps) / 1e9, f"torch mm n={n}"))
+    n = 2048
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        sess = session(path, "all", threads)
+        feeds = {x: np.random.default_rng(0).normal(size=(n, n)).astype(np.float32) for x in "ab"}
+        best = max(best, (2 * n ** 3 / timeit(lambda: sess.run(None, feeds), reps) / 1e9, f"onnxruntime MatMul n={n}"))
+    return best
 
 
 def session(path: Path, level: str, threads: int) -> ort.InferenceSession:
@@ -79,14 +121,19 @@ def bench_config(name: str, model: DQECIR, tok: TextTokenizer, batches, reps, th
             ids, mask = tok([TEXTS[i % len(TEXTS)] for i in range(b)])
             tpx, tids, tmask = torch.from_numpy(px), torch.from_numpy(ids), torch.from_numpy(mask)
             with torch.inference_mode():
-                t_enc = timeit(lambda x=tpx: model.encode_image(x), reps[b])
-                t_comp = timeit(lambda x=tpx, i=tids, m=tmask: model.compose(x, i, m), reps[b])
-            row = {"config": name, "batch": b, "torch_encode": b / t_enc, "torch_compose": b / t_comp}
+                t_enc = timeit(lambda x=tpx: model.encode_image(x), reps[b], (name, b, "torch_encode"))
+                t_comp = timeit(lambda x=tpx, i=tids, m=tmask: model.compose(x, i, m), reps[b],
+                                (name, b, "torch_compose"))
+            row = {"config": name, "batch": b, "torch_encode": b / t_enc, "torch_compose": b / t_comp,
+                   "flops_encode": flops_per_item(lambda x=tpx: model.encode_image(x), b),
+                   "flops_compose": flops_per_item(lambda x=tpx, i=tids, m=tmask: model.compose(x, i, m), b)}
             for lvl, (enc, comp) in sessions.items():
                 feeds = {"pixel_values": px, "input_ids": ids, "attention_mask": mask}
-                row[f"ort_{lvl}_encode"] = b / timeit(lambda e=enc, x=px: e.run(None, {"pixel_values": x}), reps[b])
-                row[f"ort_{lvl}_compose"] = b / timeit(lambda c=comp, f=feeds: c.run(None, f), reps[b])
-            log(f"  {name} batch {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()
+                row[f"ort_{lvl}_encode"] = b / timeit(lambda e=enc, x=px: e.run(None, {"pixel_values": x}), reps[b],
+                                                      (name, b, f"ort_{lvl}_encode"))
+                row[f"ort_{lvl}_compose"] = b / timeit(lambda c=comp, f=feeds: c.run(None, f), reps[b],
+                                                       (name, b, f"ort_{lvl}_compose"))
+            log(f"  {name} batch {b}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                     if k not in ("config", "batch")))
             rows.append(row)
     return rows
@@ -102,7 +149,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--reps", type=int, default=None,
                     help="timed runs per measurement (default: 20/10/5 for the demo config at batch 1/8/32, "
-                         "3/2/1 for prod)")
+                         "7/5/3 for prod)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = print
@@ -119,6 +166,8 @@ def main() -> None:
     def reps(table: dict[int, int]) -> dict[int, int]:
         return {b: args.reps or table.get(b, 1) for b in args.batches}
 
+    args.gemm_before, args.gemm_which = gemm_ceiling(args.threads)
+    log(f"  fp32 GEMM ceiling: {args.gemm_before:.0f} GFLOP/s at {args.threads} threads ({args.gemm_which})")
     rows += bench_config("demo", model, tok, args.batches, reps({1: 20, 8: 10, 32: 5}), args.threads, list(LEVELS),
                          log)
     if not args.skip_prod:
@@ -126,8 +175,11 @@ def main() -> None:
         torch.manual_seed(0)
         prod = DQECIR(model_config("demo", vocab_size=tok_p.vocab_size, **PROD)).eval()
         log(f"  production-shaped model: {sum(p.numel() for p in prod.parameters()) / 1e6:.0f}M parameters")
-        rows += bench_config("prod", prod, tok_p, args.batches, reps({1: 3, 8: 2, 32: 1}), args.threads,
+        rows += bench_config("prod", prod, tok_p, args.batches, reps({1: 7, 8: 5, 32: 3}), args.threads,
                              ["disabled", "all"], log)
+    args.gemm_after, which = gemm_ceiling(args.threads)
+    log(f"  fp32 GEMM ceiling after: {args.gemm_after:.0f} GFLOP/s ({which})")
+    args.load = load_averages()
     write_report(Path(args.out), rows, args)
 
 
@@ -138,14 +190,27 @@ def write_report(path: Path, rows: list[dict], args) -> None:
         f"onnxruntime {ort.__version__}. Measured side by side in one run; images (or queries) per second, "
         "median of repeated runs after a warm-up.",
         "",
-        "Ratio = onnxruntime (all graph optimisations) / torch eager.",
+        f"The machine's fp32 GEMM ceiling, measured in the same run at {args.threads} threads (the fastest of torch's "
+        f"square matmul at n 1024 and 2048 and onnxruntime's MatMul at 2048, median of 10 each; the fastest was "
+        f"{args.gemm_which}): {args.gemm_before:.0f} GFLOP/s before the models, {args.gemm_after:.0f} after. "
+        f"Load averages at the end: {args.load}.",
         "",
-        "| config | batch | torch encode | ORT encode | ratio | torch compose | ORT compose | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "Ratio = onnxruntime (all graph optimisations) / torch eager. GFLOP / item: torch's FlopCounterMode on "
+        "one call (matmuls and attention; a floor). Of ceiling = ORT items/s x FLOPs per item / the lower GEMM "
+        "ceiling. Spread = (slowest - fastest) / median of the timed runs, ORT encode / torch encode.",
+        "",
+        "| config | batch | GFLOP / image | torch encode | ORT encode | ratio | ORT of ceiling | spread | "
+        "GFLOP / query | torch compose | ORT compose | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ceiling = min(args.gemm_before, args.gemm_after) * 1e9
     for r in rows:
-        lines.append(f"| {r['config']} | {r['batch']} | {r['torch_encode']:.1f} | {r['ort_all_encode']:.1f} | "
-                     f"{r['ort_all_encode'] / r['torch_encode']:.2f} | {r['torch_compose']:.1f} | "
+        key = (r["config"], r["batch"])
+        spread = f"{SPREADS.get((*key, 'ort_all_encode'), 0):.0%} / {SPREADS.get((*key, 'torch_encode'), 0):.0%}"
+        lines.append(f"| {r['config']} | {r['batch']} | {r['flops_encode'] / 1e9:.2f} | {r['torch_encode']:.1f} | "
+                     f"{r['ort_all_encode']:.1f} | {r['ort_all_encode'] / r['torch_encode']:.2f} | "
+                     f"{r['ort_all_encode'] * r['flops_encode'] / ceiling:.2f} | {spread} | "
+                     f"{r['flops_compose'] / 1e9:.2f} | {r['torch_compose']:.1f} | "
                      f"{r['ort_all_compose']:.1f} | {r['ort_all_compose'] / r['torch_compose']:.2f} |")
     lines += ["", "## Graph optimisation levels (onnxruntime, images or queries per second)", "",
               "| config | batch | level | encode | compose |", "|---|---|---|---|---|"]

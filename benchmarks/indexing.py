@@ -1,4 +1,5 @@
-"""Indexing throughput: 2,000 product-size JPEGs (about 800x1000) into local-mode Qdrant, in-process and
+"""Indexing throughput: 2,000 product-size JPEGs (about 800x1000) into the embedded engine (QDRANT_ENGINE, edge by
+default; its graph build, store.seal, inside the timed job), in-process and
 through one Celery worker (solo pool, real Redis), against the raw encoder on already-decoded
 tensors, all in one run. Also the in-process pipeline with JPEG draft decoding off, to show what it
 saves, and where the in-process time goes.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,8 @@ from encoder import Encoder  # noqa: E402
 from encoder.preprocess import load_image, prepare_image  # noqa: E402
 from indexer.catalog import fetch_bytes, read_catalog  # noqa: E402
 from indexer.reindex_inprocess import index_catalog  # noqa: E402
+from indexer.settings import load_settings  # noqa: E402
+from plugin import store  # noqa: E402
 
 
 def make_catalog(folder: Path, n: int) -> None:
@@ -83,13 +87,12 @@ def stage_profile(enc: Encoder, folder: Path, n: int = 300) -> dict:
     t2 = time.perf_counter()
     tokens = enc.encode_pixels(px)
     t3 = time.perf_counter()
-    from qdrant_client import QdrantClient
-
-    from plugin import store
-
-    client = QdrantClient(":memory:")
+    folder = tempfile.mkdtemp(prefix="profile-")
+    client = store.open_embedded(folder, ENGINE)
     store.create_collection(client, "p", enc.spec)
     store.upsert(client, "p", [store.Item(it.item_id, tokens[i], {"uri": it.uri}) for i, it in enumerate(items)])
+    client.close()
+    shutil.rmtree(folder, ignore_errors=True)
     t4 = time.perf_counter()
     total = t4 - t0
     return {k: 100 * v / total for k, v in
@@ -123,13 +126,12 @@ def via_worker(bundle: Path, folder: Path, tmp: Path, redis_url: str = "redis://
 
 TITLE = "Indexing throughput"
 WORKER_ROW = "one Celery worker (solo pool, Redis broker)"
+ENGINE = load_settings().qdrant_engine  # the embedded engine every path here writes to (QDRANT_ENGINE)
 
 
 def feed_rows(bundle: str, folder: Path, tmp: Path, rounds: int = 2) -> list[dict]:
     """Raw encoder, sequential path and fed encoder at 1 and 2 onnxruntime threads; every path runs
     `rounds` times, alternating, and keeps its best rate."""
-    from qdrant_client import QdrantClient
-
     rows = []
     for threads, workers in ((1, 1), (2, 1), (2, 2)):
         enc = Encoder(bundle, threads=threads)
@@ -137,7 +139,7 @@ def feed_rows(bundle: str, folder: Path, tmp: Path, rounds: int = 2) -> list[dic
         for r in range(rounds):
             rates["raw"] = max(rates.get("raw", 0.0), raw_encoder(enc, folder)[0])
             for name, w in (("sequential", 0), ("fed", workers)):
-                client = QdrantClient(path=str(tmp / f"feed-{threads}-{workers}-{name}-{r}"))
+                client = store.open_embedded(str(tmp / f"feed-{threads}-{workers}-{name}-{r}"), ENGINE)
                 rep = index_catalog(client, enc, folder, alias="bench", progress=False, decode_workers=w)
                 client.close()
                 rates[name] = max(rates.get(name, 0.0), rep.indexed / rep.seconds)
@@ -152,7 +154,7 @@ def write_feed_section(path: Path, args, rows: list[dict], started: str, before:
     lines = ["## The fed encoder: decoding in a pool, upserts in the background", "",
              f"Command: `{recorded_command('indexing.py')}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores. {args.n} JPEGs of 800x1000 (quality 88) into "
-             f"local-mode Qdrant, in-process. Started {started} (load averages 1/5/15 min: {before}), finished "
+             f"the {ENGINE} engine, in-process. Started {started} (load averages 1/5/15 min: {before}), finished "
              f"{now()} ({load_averages()}). One run; each path ran {times}, alternating, "
              f"and keeps its {kept} rate. Raw = the encoder alone on already-decoded tensors at the same "
              "onnxruntime threads.", "",
@@ -168,7 +170,7 @@ def write_feed_section(path: Path, args, rows: list[dict], started: str, before:
 def write_paths_section(path: Path, args, raw: float, rates: dict, profile: dict, profiled: int) -> None:
     lines = [f"Command: `{recorded_command('indexing.py')}`  ",
              f"Machine: {cpu_name()}, {os.cpu_count()} cores, onnxruntime CPU with {args.threads} threads. {args.n} "
-             "JPEGs of 800x1000 (quality 88) into local-mode Qdrant; measured in one run.", "",
+             f"JPEGs of 800x1000 (quality 88) into the {ENGINE} engine; measured in one run.", "",
              "| path | images/s | pipeline / raw |", "|---|---|---|",
              f"| raw encoder on decoded tensors | {raw:.1f} | 1.00 |"]
     for name, rate in rates.items():
@@ -203,8 +205,6 @@ def main() -> None:
         write_feed_section(Path(args.out), args, rows, started, before)
         return
     os.environ["DQE_CIR_THREADS"] = str(args.threads)
-    from qdrant_client import QdrantClient
-
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         t = time.perf_counter()
@@ -216,7 +216,7 @@ def main() -> None:
         rates: dict[str, float | str] = {}
         for name, draft in (("in-process, full JPEG decode", False), ("in-process (default: JPEG draft decode)", True)):
             e = Encoder(args.bundle, threads=args.threads, jpeg_draft=draft)
-            client = QdrantClient(path=str(tmp / f"q{int(draft)}"))
+            client = store.open_embedded(str(tmp / f"q{int(draft)}"), ENGINE)
             r = index_catalog(client, e, tmp / "catalog", alias="bench", progress=False)
             client.close()
             rates[name] = r.indexed / r.seconds

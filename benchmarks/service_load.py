@@ -1,12 +1,13 @@
 """Load test of `dqe-cir serve` on 127.0.0.1: a bounded number of composed queries (item id + caption of
-the synthetic val split), a fixed number in flight, against a server-less setup (local-mode Qdrant).
+the synthetic val split), a fixed number in flight, against a server-less setup (the embedded engine the
+workdir was indexed with: QDRANT_ENGINE, edge by default).
 
     python benchmarks/service_load.py --workdir runs/demo-quick --size small --requests 500 --concurrency 16
 
 --workdir is a `dqe-cir demo [--quick] --workdir DIR` folder (bundle, qdrant with alias synthetic-val,
 synth-{size}-0; `--quick` makes the small set). The server runs as its own process (`python -m app
 serve`); the load stops after --requests requests or --max-seconds, whichever comes first. Writes only
-its marked section (`service-load`) of --out (docs/benchmarks/service.md).
+its marked section (`service-load`, or --section) of --out (docs/benchmarks/service.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import cpu_name, load_averages, recorded_command, write_section  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
+ENGINE_TEXT = {"edge": "the edge engine (qdrant-edge in-process, the collection's design with HNSW)",
+               "local": "exact MaxSim in qdrant-client's local mode"}
 
 
 def free_port() -> int:
@@ -153,10 +156,11 @@ def report(args, result: dict, stages: dict, command: str) -> list[str]:
     cores = os.cpu_count()
     return [
         f"Command: `{command}`",
-        f"Machine: {cpu_name()}, {cores} cores; one uvicorn worker process (local-mode Qdrant allows one),",
+        f"Machine: {cpu_name()}, {cores} cores; one uvicorn worker process (the embedded engine allows one a "
+        "collection),",
         f"server concurrency {args.server_concurrency} (searches at once); load average before the run "
         f"{args.load_before}.",
-        f"Setup: `{setup}` (synthetic {args.size} val split, {args.points} items, exact MaxSim in local mode),",
+        f"Setup: `{setup}` (synthetic {args.size} val split, {args.points} items, {ENGINE_TEXT[args.engine]}),",
         f"the {'quick ' if args.size == 'small' else ''}demo's fine-tuned bundle on CPU onnxruntime. Load: "
         f"{result['requests']} `POST /v1/search` requests",
         f"(item id + caption of a val query, k={args.k}, explain={str(args.explain).lower()}), {args.concurrency} in "
@@ -188,6 +192,8 @@ def main() -> None:
     ap.add_argument("-k", dest="k", type=int, default=10)
     ap.add_argument("--explain", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "service.md"))
+    ap.add_argument("--section", default="service-load", help="the marked section of --out to write (e.g. "
+                                                                 "service-load-local for a QDRANT_ENGINE=local run)")
     args = ap.parse_args()
     if not 0 < args.requests <= 100_000 or not 0 < args.concurrency <= 256:
         raise SystemExit("--requests must be in 1..100000 and --concurrency in 1..256")
@@ -199,6 +205,9 @@ def main() -> None:
            "--qdrant-path", str(work / "qdrant"), "--collection", "synthetic-val", "--catalog-root", str(root),
            "--host", HOST, "--port", str(port),
            "--concurrency", str(args.server_concurrency), "--log-level", "warning"]
+    from indexer.settings import load_settings
+
+    args.engine = load_settings().qdrant_engine  # the server reads the same QDRANT_ENGINE
     args.load_before = load_averages()
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
@@ -212,7 +221,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     print(json.dumps({**result, "server_ms": stages}, indent=1))
-    write_section(args.out, "service-load", report(args, result, stages, recorded_command("service_load.py")),
+    write_section(args.out, args.section, report(args, result, stages, recorded_command("service_load.py")),
                   title="Search service under load (`dqe-cir serve`)")
 
 

@@ -47,7 +47,7 @@ def check_providers() -> Check:
 def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
     from plugin import store
 
-    where = settings.qdrant_url or f"local folder {settings.qdrant_path}"
+    where = settings.qdrant_url or f"{settings.qdrant_engine} folder {settings.qdrant_path}"
     unreachable = "start Qdrant (docker compose up -d qdrant) and check QDRANT_URL / QDRANT_API_KEY, or QDRANT_PATH"
     try:
         client = qdrant_client(settings)
@@ -59,7 +59,11 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
             version = store.server_version(client)
         except Exception as e:  # connection refused, bad API key...
             return [Check("qdrant", False, f"{where}: {e}", unreachable)]
-        version_check = check_version(where, version, server=bool(settings.qdrant_url))
+        if store.engine(client) == store.EDGE:  # no Qdrant version to check: metadata lives in a sidecar file
+            version_check = Check("qdrant", True, f"{where} answers: the embedded engine, qdrant-edge-py {version} "
+                                                  "(QDRANT_ENGINE=edge; one process a collection)")
+        else:
+            version_check = check_version(where, version, server=bool(settings.qdrant_url))
         checks = [version_check]
         if not version_check.ok:
             return checks
@@ -79,9 +83,29 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
                                 "the collection was built with"))
         else:
             checks.append(Check("collection", True, detail))
+        checks.append(Check("collections", True, every_collection(client)))
     finally:
         client.close()  # a local-mode folder is locked while open
     return checks
+
+
+def every_collection(client) -> str:
+    """Each collection of the folder or server with its aliases, design and build state (metadata only)."""
+    from plugin import store
+
+    aliases: dict[str, list[str]] = {}
+    for alias, target in store.aliases(client).items():
+        aliases.setdefault(target, []).append(alias)
+    parts = []
+    for name in store.collections(client):
+        try:
+            meta = store.recorded_meta(client, name)
+            what = f"design {store.design_from(meta, name).name}, {meta.get('state') or 'no build state'}"
+        except store.StoreError as e:
+            what = f"not usable ({e})"
+        named = f" (alias {', '.join(sorted(aliases[name]))})" if name in aliases else ""
+        parts.append(f"{name}{named}: {what}")
+    return "; ".join(parts) or "none"
 
 
 def placement_detail(meta: dict) -> str:

@@ -5,7 +5,9 @@ CELERY_RESULT_BACKEND       the broker URL            Celery result backend
 DQE_CIR_REDIS_URL           the broker URL            where job progress and failure reports live
 QDRANT_URL                  (unset)                   Qdrant server, e.g. http://qdrant:6333
 QDRANT_API_KEY              (unset)                   API key for QDRANT_URL
-QDRANT_PATH                 qdrant_data               local-mode folder, used when QDRANT_URL is unset
+QDRANT_PATH                 qdrant_data               the embedded engine's folder, used when QDRANT_URL is unset
+QDRANT_ENGINE               edge                      what serves QDRANT_PATH: edge (qdrant-edge, in-process, HNSW) or
+                                                      local (qdrant-client's local mode: pure Python, exact, slow)
 DQE_CIR_BUNDLE              exports/bundle            model bundle folder
 DQE_CIR_CATALOG_ROOT        (unset)                   workers refuse catalogs whose root is not under it
 DQE_CIR_ALLOW_HTTP          0                         1: fetch http(s) URIs (size cap, timeouts, no private hosts)
@@ -25,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 ENV_VARS = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DQE_CIR_REDIS_URL", "QDRANT_URL", "QDRANT_API_KEY",
-            "QDRANT_PATH", "DQE_CIR_BUNDLE", "DQE_CIR_CATALOG_ROOT", "DQE_CIR_ALLOW_HTTP", "DQE_CIR_TASK_TIME_LIMIT",
+            "QDRANT_PATH", "QDRANT_ENGINE", "DQE_CIR_BUNDLE", "DQE_CIR_CATALOG_ROOT", "DQE_CIR_ALLOW_HTTP",
+            "DQE_CIR_TASK_TIME_LIMIT",
             "DQE_CIR_VISIBILITY_TIMEOUT", "DQE_CIR_QUEUE", "DQE_CIR_PROVIDERS", "DQE_CIR_THREADS",
             "DQE_CIR_PRELOAD")
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
@@ -39,6 +42,7 @@ class Settings:
     qdrant_url: str | None
     qdrant_api_key: str | None
     qdrant_path: str
+    qdrant_engine: str
     bundle: str
     allow_http: bool
     task_time_limit: int
@@ -62,6 +66,7 @@ def load_settings(env: dict | None = None) -> Settings:
         qdrant_url=env.get("QDRANT_URL") or None,
         qdrant_api_key=env.get("QDRANT_API_KEY") or None,
         qdrant_path=env.get("QDRANT_PATH") or "qdrant_data",
+        qdrant_engine=(env.get("QDRANT_ENGINE") or "edge").strip().lower(),
         bundle=env.get("DQE_CIR_BUNDLE") or "exports/bundle",
         allow_http=(env.get("DQE_CIR_ALLOW_HTTP") or "0").lower() in ("1", "true", "yes"),
         task_time_limit=limit,
@@ -81,14 +86,17 @@ def with_overrides(settings: Settings, bundle: str | None = None, qdrant_path: s
     return replace(settings, **changes)
 
 
-def qdrant_client(settings: Settings):
-    """A client for the configured Qdrant: server when QDRANT_URL is set, else local mode (one process
-    at a time holds the folder, so callers close it when done)."""
+def qdrant_client(settings: Settings, serving: bool = False):
+    """A client for the configured Qdrant: the server when QDRANT_URL is set, else the embedded engine
+    QDRANT_ENGINE on the folder QDRANT_PATH (edge: one process a collection; local: one process the whole
+    folder; so callers close it when done). `serving`: the service's client, which never optimises."""
     from qdrant_client import QdrantClient
+
+    from plugin import store
 
     if settings.qdrant_url:
         return QdrantClient(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-    return QdrantClient(path=settings.qdrant_path)
+    return store.open_embedded(settings.qdrant_path, settings.qdrant_engine, serving=serving)
 
 
 @contextmanager

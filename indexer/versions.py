@@ -47,7 +47,7 @@ def versions(client: QdrantClient, alias: str) -> list[str]:
 def state(client: QdrantClient, name: str) -> str | None:
     """building, complete or failed; None for a collection without a build state (or not ours)."""
     try:
-        return store.collection_info(client, name).get("state")
+        return store.build_state(client, name)
     except store.StoreError:
         return None
 
@@ -141,6 +141,7 @@ def incremental_target(client: QdrantClient, alias: str, fingerprint: str, desig
 def finish_full(client: QdrantClient, report: JobReport, policy: SwapPolicy) -> None:
     """Check the build; switch the alias to it and prune, or refuse with an IndexerError carrying the report."""
     name, alias = report.collection, report.alias
+    store.seal(client, name)  # the edge engine builds its graphs here, before the count and the swap
     problem = swap_problem(report, store.count(client, name), policy.max_failed)
     if problem:
         report.problem = problem
@@ -181,6 +182,7 @@ def finish_incremental(client: QdrantClient, report: JobReport, catalog_ids: set
     for s in range(0, len(gone), 1000):
         store.delete(client, report.collection, gone[s: s + 1000])
     report.deleted = len(gone)
+    store.seal(client, report.collection)
 
 
 def prune(client: QdrantClient, alias: str, keep: int) -> list[str]:

@@ -11,10 +11,12 @@ from plugin.errors import (
     ItemNotFound,
     PluginError,
     SearchError,
+    ShardBusy,
     StoreError,
 )
 from plugin.search import CIRSearch, Hit, ItemRef
+from plugin.store import open_embedded
 
-__all__ = ["CIRSearch", "Hit", "ItemRef", "PluginError", "SearchError", "StoreError", "BadQuery", "BadFilter",
-           "ItemNotFound", "ItemImageMissing", "ItemImageUnavailable", "CollectionUnusable", "BundleMismatch",
-           "BackendUnavailable"]
+__all__ = ["CIRSearch", "Hit", "ItemRef", "open_embedded", "PluginError", "SearchError", "StoreError", "BadQuery",
+           "BadFilter", "ItemNotFound", "ItemImageMissing", "ItemImageUnavailable", "CollectionUnusable",
+           "BundleMismatch", "BackendUnavailable", "ShardBusy"]

@@ -13,6 +13,7 @@ service, the command line, the indexer) can tell a bad query from a backend in t
         ├── CollectionUnusable     missing, not made by dqe-cir, or of a design this version does not know
         ├── BundleMismatch         indexed with another bundle than the one in use
         └── BackendUnavailable     a Qdrant call failed
+            └── ShardBusy          the embedded engine's collection is open in another process (transient)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class BundleMismatch(SearchError, StoreError):
 
 class BackendUnavailable(SearchError, StoreError):
     """A Qdrant call failed (a server that is down, or answers with an error)."""
+
+
+class ShardBusy(BackendUnavailable):
+    """An embedded (edge) collection held by another process: worth a retry once that process lets go."""
 
 
 def bundle_mismatch(collection: str, indexed_with: str, bundle: str) -> BundleMismatch:

@@ -1,7 +1,8 @@
 """CIRSearch: composed queries (reference image + modification text) against a Qdrant collection.
 
-    from plugin import CIRSearch
-    search = CIRSearch(QdrantClient(path="qdrant"), collection="catalog", bundle="exports/bundle")
+    from plugin import CIRSearch, open_embedded
+    search = CIRSearch(open_embedded("qdrant_data"), collection="catalog", bundle="exports/bundle")
+    # or a server: CIRSearch(QdrantClient(url="http://qdrant:6333"), ...)
     hits = search.query("dress.jpg", "make it red", k=10, weights={"color": 2.0})
     hits = search.query("dress.jpg", "make it red", explain=True)   # + per-attribute score breakdown
 
@@ -49,12 +50,14 @@ from plugin.errors import (
 )
 from plugin.fetch import FetchError, fetch_url
 
-# docs/benchmarks/search-edge.md (Qdrant's engine, 100k items): the smallest oversample with Recall@10 vs exact
-# MaxSim >= 0.99 is 32 (0.997; 16 gave 0.968, 8 gave 0.873). 8 sufficed at 10k: the need grows with the catalog.
+# The pooled design's prefetch: k x this many candidates. docs/benchmarks/search-edge.md (Qdrant's engine, the demo
+# model's embeddings): at 10k items the smallest oversample with Recall@10 vs exact MaxSim >= 0.99 is 32 (0.9905; 16
+# gave 0.984); at 100k no oversample up to 64 reaches it (0.977 at 32, 0.982 at 64), which is why new collections
+# are multivector (0.9995 there). The need grows with the catalog.
 DEFAULT_OVERSAMPLE = 32
 EXACT_BELOW = 2000  # collections smaller than this are searched exactly: it is cheap and has no recall loss
 REFRESH_SECONDS = 5.0  # how long a searcher trusts its alias's target before looking it up again
-# int8 collections (scalar quantisation): MaxSim on the int8 codes lost recall (Recall@10 0.865 at 100k even for
+# int8 collections (scalar quantisation): MaxSim on the int8 codes lost recall (Recall@10 0.955 at 100k even for
 # exact search, docs/benchmarks/search-edge.md); rescoring the codes' top k x 4 with the fp32 originals gave 1.000.
 # Measured on the pooled design only; the multivector and token requests carry the same rescoring, unmeasured.
 INT8_RESCORE_OVERSAMPLING = 4.0
@@ -341,37 +344,46 @@ class CIRSearch:
         return out
 
     def _search_params(self, design: designs.Design, exact: bool, int8: bool) -> models.SearchParams | None:
-        """The params of the query that searches the design's graph (multivector, token): the HNSW beam, exact
-        search when asked, and on int8 the codes' top x 4 re-scored with the fp32 originals."""
-        quant = models.QuantizationSearchParams(rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING) if int8 else None
-        return models.SearchParams(hnsw_ef=self.hnsw_ef or design.hnsw_ef, exact=exact, quantization=quant)
+        return search_params(design, exact, int8, self.hnsw_ef)
 
     def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int, explain: bool = False,
                  int8: bool = False, design: designs.Design | None = None) -> models.QueryRequest:
-        """The query of a one-point-per-item design. Multivector: [q] on `tokens`' graph (MaxSim of one query
-        vector is our score). Pooled (design None, too): exact MaxSim on `tokens`, or the two-stage request (HNSW
-        prefetch of k x oversample on `pooled`, with the design's or the searcher's hnsw_ef, MaxSim on
-        `tokens`); on an int8 collection the MaxSim stage takes the top k x 4 by the int8 codes and re-scores
-        them with the fp32 originals, and the prefetch re-scores its candidates on `pooled` (originals in RAM):
-        without it Qdrant scores on the codes alone."""
-        vec = q.astype(np.float32).tolist()
-        vectors = [store.TOKENS] if explain else False  # the breakdown needs the hits' token vectors
-        if design is not None and design.name == designs.MULTIVECTOR:
-            return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
-                                       with_vector=vectors, params=self._search_params(design, exact, int8))
-        maxsim_params = prefetch_params = None
-        if int8:
-            maxsim_params = models.SearchParams(quantization=models.QuantizationSearchParams(
-                rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING))
-            prefetch_params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True))
-        if exact:
-            return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
-                                       with_vector=vectors, params=maxsim_params)
-        ef = self.hnsw_ef or (design.hnsw_ef if design is not None else None)
-        if ef:
-            rescore = prefetch_params.quantization if prefetch_params else None
-            prefetch_params = models.SearchParams(hnsw_ef=ef, quantization=rescore)
-        prefetch = models.Prefetch(query=vec, using=store.POOLED_VECTOR, filter=flt, limit=k * max(1, oversample),
-                                   params=prefetch_params)
-        return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,
+        return design_request(q, k, flt, exact, oversample, design, self.hnsw_ef, explain, int8)
+
+
+def search_params(design: designs.Design, exact: bool, int8: bool, hnsw_ef: int | None = None) -> models.SearchParams:
+    """The params of the query that searches the design's graph (multivector, token): the HNSW beam (`hnsw_ef`, else
+    the design's), exact search when asked, and on int8 the codes' top x 4 re-scored with the fp32 originals."""
+    quant = models.QuantizationSearchParams(rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING) if int8 else None
+    return models.SearchParams(hnsw_ef=hnsw_ef or design.hnsw_ef, exact=exact, quantization=quant)
+
+
+def design_request(q: np.ndarray, k: int, flt, exact: bool, oversample: int, design: designs.Design | None = None,
+                   hnsw_ef: int | None = None, explain: bool = False, int8: bool = False) -> models.QueryRequest:
+    """The query of a one-point-per-item design, for every engine (benchmarks/edge_*.py send it too). Multivector:
+    [q] on `tokens`' graph (MaxSim of one query vector is our score). Pooled (design None, too): exact MaxSim on
+    `tokens`, or the two-stage request (HNSW prefetch of k x oversample on `pooled`, with `hnsw_ef` or the design's,
+    MaxSim on `tokens`); on an int8 collection the MaxSim stage takes the top k x 4 by the int8 codes and re-scores
+    them with the fp32 originals, and the prefetch re-scores its candidates on `pooled` (originals in RAM):
+    without it Qdrant scores on the codes alone."""
+    vec = q.astype(np.float32).tolist()
+    vectors = [store.TOKENS] if explain else False  # the breakdown needs the hits' token vectors
+    if design is not None and design.name == designs.MULTIVECTOR:
+        return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
+                                   with_vector=vectors, params=search_params(design, exact, int8, hnsw_ef))
+    maxsim_params = prefetch_params = None
+    if int8:
+        maxsim_params = models.SearchParams(quantization=models.QuantizationSearchParams(
+            rescore=True, oversampling=INT8_RESCORE_OVERSAMPLING))
+        prefetch_params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True))
+    if exact:
+        return models.QueryRequest(query=[vec], using=store.TOKENS, filter=flt, limit=k, with_payload=True,
                                    with_vector=vectors, params=maxsim_params)
+    ef = hnsw_ef or (design.hnsw_ef if design is not None else None)
+    if ef:
+        rescore = prefetch_params.quantization if prefetch_params else None
+        prefetch_params = models.SearchParams(hnsw_ef=ef, quantization=rescore)
+    prefetch = models.Prefetch(query=vec, using=store.POOLED_VECTOR, filter=flt, limit=k * max(1, oversample),
+                               params=prefetch_params)
+    return models.QueryRequest(prefetch=prefetch, query=[vec], using=store.TOKENS, limit=k, with_payload=True,
+                               with_vector=vectors, params=maxsim_params)

@@ -1,7 +1,8 @@
 """All Qdrant access: the collection schema, writes, queries, aliases and the fingerprint check.
 
-The indexer and the search plugin both go through here, so another engine can slot in behind the
-same functions. Schema (ARCHITECTURE.md), by the collection's design (plugin/designs.py):
+The indexer and the search plugin both go through here, whatever the engine: a Qdrant server (QDRANT_URL),
+or on one machine a folder (QDRANT_PATH) served in-process by qdrant-edge (plugin/edge.py, the default) or by
+qdrant-client's local mode (open_embedded). Schema (ARCHITECTURE.md), by the collection's design (plugin/designs.py):
   pooled       tokens: multivector [Q x D], MAX_SIM over dot products, no HNSW graph (only re-scored);
                pooled: [D], cosine, HNSW: the prefetch stage. One point per item.
   multivector  tokens: multivector [Q x D], MAX_SIM, HNSW (m > 0): searched directly. One point per item.
@@ -44,7 +45,7 @@ from plugin.designs import (  # noqa: F401  NAMESPACE, bytes_per_item, point_id:
     bytes_per_item,
     point_id,
 )
-from plugin.errors import CollectionUnusable, StoreError, bundle_mismatch
+from plugin.errors import CollectionUnusable, ShardBusy, StoreError, bundle_mismatch
 from plugin.placement import Placement, describe
 
 POOLED_VECTOR = designs.POOLED_VECTOR  # the vector's name (the design of that name is designs.POOLED)
@@ -66,6 +67,8 @@ PAYLOAD_TYPES = {
 }
 
 
+EDGE, LOCAL, SERVER = "edge", "local", "server"
+EMBEDDED_ENGINES = (EDGE, LOCAL)  # QDRANT_ENGINE: what a folder (QDRANT_PATH) is served by; edge by default
 MIN_QDRANT = (1, 16)
 TESTED_QDRANT = (1, 20)
 BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
@@ -108,8 +111,9 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
     d = spec.embed_dim
     quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
         type=models.ScalarType.INT8, always_ram=True)) if storage == "int8" else None
-    if not placement.is_default and is_local(client):
-        warnings.warn(f"local mode has no cluster: {describe(placement)} is recorded but ignored (it applies on a "
+    if not placement.is_default and engine(client) != SERVER:
+        warnings.warn(f"the embedded engine ({engine(client)}) has no cluster: {describe(placement)} is recorded but "
+                      "ignored (it applies on a "
                       "Qdrant server, QDRANT_URL)", stacklevel=2)
     client.create_collection(
         name,
@@ -157,6 +161,17 @@ def collection_info(client: QdrantClient, name: str) -> dict:
     items = points // max(1, int(meta.get("num_query_tokens") or 1)) if design.name == designs.TOKEN else points
     return {**meta, **design.to_meta(), "storage": meta.get("storage") or storage_of(info), "points": points,
             "items": items}
+
+
+def recorded_meta(client: QdrantClient, name: str) -> dict:
+    """The collection's DQE-CIR metadata alone, no counts (on the edge engine, reading it never waits for a
+    process that holds the collection); CollectionUnusable when missing or not ours."""
+    return _metadata(client, name)[0]
+
+
+def build_state(client: QdrantClient, name: str) -> str | None:
+    """building, complete or failed; None for a collection without a build state."""
+    return recorded_meta(client, name).get("state")
 
 
 def design_from(meta: dict, name: str = "") -> Design:
@@ -316,13 +331,56 @@ def is_local(client: QdrantClient) -> bool:
     return isinstance(getattr(client, "_client", None), QdrantLocal)
 
 
+def engine(client) -> str:
+    """Which engine answers: EDGE (qdrant-edge in this process), LOCAL (qdrant-client's local mode) or SERVER."""
+    if type(client).__name__ == "EdgeClient" and type(client).__module__ == "plugin.edge":
+        return EDGE
+    return LOCAL if is_local(client) else SERVER
+
+
+def seal(client, name: str) -> None:
+    """After a build or an update, before the alias moves: the edge engine builds its HNSW graphs now (in the
+    indexing process; a server optimises in the background and local mode searches exactly)."""
+    if engine(client) == EDGE:
+        client.optimize(name)
+
+
+def open_embedded(path: str, engine_name: str = EDGE, serving: bool = False):
+    """A client for a folder (QDRANT_PATH) on the embedded engine `engine_name` (EDGE or LOCAL). A folder holds
+    one engine's collections: the other engine's are refused with the command that moves them. `serving`: a
+    service's client, which never optimises (store.seal runs in indexing processes)."""
+    from pathlib import Path
+
+    folder = Path(path)
+    edge_marker = (folder / "dqe-cir-edge.json").exists()
+    local_names = sorted(p.name for p in (folder / "collection").glob("*") if p.is_dir())
+    if engine_name == EDGE:
+        if local_names and not edge_marker:
+            raise StoreError(f"{folder} holds collections made by qdrant-client's local mode "
+                             f"({', '.join(local_names)}), not the edge engine's. Keep them with "
+                             "QDRANT_ENGINE=local, or re-index into a new "
+                             "folder on the edge engine: dqe-cir index --catalog SRC --collection ALIAS "
+                             "--qdrant-path NEW_FOLDER")
+        from plugin.edge import EdgeClient
+
+        return EdgeClient(folder, allow_optimize=not serving)
+    if engine_name == LOCAL:
+        if edge_marker:
+            raise StoreError(f"{folder} is an edge-engine folder: open it with QDRANT_ENGINE=edge (the default), or "
+                             "re-index into a new folder for local mode (QDRANT_ENGINE=local dqe-cir index ... "
+                             "--qdrant-path NEW_FOLDER)")
+        return QdrantClient(path=str(folder))
+    raise StoreError(f"unknown embedded engine {engine_name!r}; use one of {EMBEDDED_ENGINES}")
+
+
 def collections(client: QdrantClient) -> list[str]:
     return [c.name for c in client.get_collections().collections]
 
 
 # --- versions of Qdrant ----------------------------------------------------------------
 def server_version(client: QdrantClient) -> str:
-    """The Qdrant version that serves `client`: the server's, or in local mode qdrant-client's own."""
+    """The Qdrant version that serves `client`: the server's, in local mode qdrant-client's own, on the edge
+    engine qdrant-edge-py's (which has collection metadata through its sidecar file, whatever its number)."""
     return client.info().version
 
 
@@ -350,7 +408,7 @@ RETRY_STATUS = {429, 502, 503, 504}
 def is_transient(exc: BaseException) -> bool:
     """A hiccup worth retrying, judged by the exception's type (and its causes): a refused or timed-out
     connection, a busy server (HTTP 429/502/503/504, gRPC UNAVAILABLE / DEADLINE_EXCEEDED /
-    RESOURCE_EXHAUSTED), or a local-mode folder held by another process."""
+    RESOURCE_EXHAUSTED), a local-mode folder or an edge collection held by another process."""
     import httpx
     from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -362,7 +420,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(e, UnexpectedResponse) and e.status_code in RETRY_STATUS:
             return True
-        if _grpc_busy(e) or _folder_locked(e):
+        if isinstance(e, ShardBusy) or _grpc_busy(e) or _folder_locked(e):
             return True
         e = getattr(e, "source", None) or e.__cause__ or e.__context__
     return False

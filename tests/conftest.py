@@ -62,3 +62,31 @@ def make_bad_catalog(dest: Path, good_images: list[Path]) -> set[str]:
     Image.new("RGB", (9000, 8000)).save(big, format="PNG")  # 72 MP: over the pixel limit
     (dest / "huge.png").write_bytes(big.getvalue())
     return {"empty.png", "corrupt.png", "truncated.png", "huge.png"}
+
+
+ENGINES = ("edge", "local")  # the embedded engines: qdrant-edge (the default) and qdrant-client's local mode
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
+
+
+@pytest.fixture()
+def new_client(engine, tmp_path):
+    """A factory of fresh embedded clients on the engine under test (edge in a temporary folder, local mode in
+    memory); the behaviour tests of the store, the searcher and the indexer run once on each."""
+    from qdrant_client import QdrantClient
+
+    from plugin.edge import EdgeClient
+
+    made = []
+
+    def make():
+        client = QdrantClient(":memory:") if engine == "local" else EdgeClient(tmp_path / f"edge-{len(made)}")
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

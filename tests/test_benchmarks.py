@@ -30,7 +30,7 @@ BELOW = "Prose below every section, written by hand: it must survive a run too."
 # page -> {section: script}
 PAGES = {
     "search-edge.md": {"edge-designs": "edge_search.py", "edge-local": "edge_search.py",
-                       "edge-results": "edge_search.py"},
+                       "embedded-edge": "edge_search.py", "edge-results": "edge_search.py"},
     "ablation.md": {"ablation": "ablation.py"},
     "controllability.md": {"heads": "heads.py", "controllability-shipped": "controllability.py"},
     "encoder.md": {"encoder-throughput": "encoder_throughput.py"},
@@ -40,7 +40,7 @@ PAGES = {
     "learning.md": {"learning-runs": "learning.py"},
     "learning-phrasings.md": {"learning-phrasings": "learning.py"},
     "search.md": {"search-latency": "search_latency.py"},
-    "service.md": {"service-load": "service_load.py"},
+    "service.md": {"service-load": "service_load.py", "service-load-local": "service_load.py"},
     "trns-mining.md": {"trns-model": "trns_mining.py", "trns-scale": "trns_mining.py"},
 }
 # the page a recorded command writes when it names no --out (learning.py: per subcommand)
@@ -223,19 +223,18 @@ def test_search_latency(tmp_path, tiny_bundle, synth_small):
 
 @pytest.mark.slow
 def test_service_load(tmp_path, tiny_bundle, synth_small):
-    from qdrant_client import QdrantClient
-
     from app.served_eval import write_manifest
     from cirdata.datasets import load_cirr
     from encoder import Encoder
     from indexer.reindex_inprocess import index_catalog
+    from plugin.store import open_embedded
 
     work = tmp_path / "work"  # what `dqe-cir demo --quick --workdir work` leaves, from the tiny parts
     shutil.copytree(tiny_bundle, work / "bundle")
     root = work / "synth-small-0"
     shutil.copytree(synth_small, root)
     manifest = write_manifest(load_cirr(root, "val"), root / "catalog.val.jsonl")
-    client = QdrantClient(path=str(work / "qdrant"))
+    client = open_embedded(str(work / "qdrant"))
     try:
         index_catalog(client, Encoder(work / "bundle", threads=1), manifest, alias="synthetic-val", progress=False)
     finally:
@@ -317,7 +316,7 @@ def test_edge_search_embed_designs_storage_and_report(tmp_path, tiny_bundle, syn
     """benchmarks/edge_search.py on qdrant-edge (the `bench` extra): embed a few hundred images, the three
     designs side by side at two sizes, the storage study, and the designs section rewritten from its JSON."""
     pytest.importorskip("qdrant_edge")  # installed by `make install` (the bench extra)
-    sections = ["edge-designs", "edge-local", "edge-results"]
+    sections = ["edge-designs", "edge-local", "embedded-edge", "edge-results"]
     page = seeded_page(tmp_path, "search-edge", sections)
     original = page.read_text()
     cache, work = tmp_path / "emb", tmp_path / "work"
@@ -328,7 +327,10 @@ def test_edge_search_embed_designs_storage_and_report(tmp_path, tiny_bundle, syn
     run("edge_search.py", "storage", "--cache", cache, "--workdir", work, "--sizes", 300, "--oversample", 1, 4,
         "--storage-oversample", 4, "--explain-oversample", 4, "--local-queries", 4, "--out", page)
     run("edge_search.py", "local", "--cache", cache, "--items", 120, "--queries", 3, "--out", page)
+    run("edge_search.py", "embedded", "--cache", cache, "--workdir", work, "--items", 120, "--queries", 3,
+        "--out", page)
     bodies = check_page(page, original, sections, "edge_search.py")
+    assert "the edge engine" in bodies["embedded-edge"] and "qdrant-client's local mode" in bodies["edge-local"]
     for design in ("pooled", "multivector", "token"):
         assert f"| {design} |" in bodies["edge-designs"]
     run("edge_search.py", "report", "--results", work / "designs-results.json", "--out", page)

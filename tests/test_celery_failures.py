@@ -20,17 +20,16 @@ def celery_env(tmp_path, tiny_bundle, monkeypatch):
 @pytest.fixture()
 def live(celery_env, synth_small, tmp_path):
     """A catalog of 8 images whose alias already points at a good version (indexed in-process)."""
-    from qdrant_client import QdrantClient
-
     from encoder import Encoder
     from indexer.reindex_inprocess import index_catalog
+    from indexer.settings import qdrant_client
 
     _, settings = celery_env
     cat = tmp_path / "cat"
     cat.mkdir()
     for p in sorted((synth_small / "val").glob("*.png"))[:8]:
         (cat / p.name).write_bytes(p.read_bytes())
-    client = QdrantClient(path=settings.qdrant_path)
+    client = qdrant_client(settings)
     try:
         version = index_catalog(client, Encoder(settings.bundle), cat, "catalog", progress=False).collection
     finally:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from qdrant_client import QdrantClient
 
 from indexer.settings import ENV_VARS, load_settings
+from plugin.store import open_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_SERVICES = ("worker", "worker-cpu", "flower")
@@ -74,7 +74,7 @@ def test_dockerfile_install_lines_match_pyproject_extras(compose, extras):
     for dockerfile in ("docker/serve.Dockerfile", "docker/train.Dockerfile"):
         text = (ROOT / dockerfile).read_text()
         assert "pip install" in text
-        for group in re.findall(r'pip install "\.\[([^\]]+)\]"', text):
+        for group in re.findall(r'pip install (?:-e )?"\.\[([^\]]+)\]"', text):
             for extra in group.split(","):
                 extra = extra.strip()
                 if extra.startswith("${"):
@@ -106,7 +106,7 @@ def healthy(tiny_bundle, tmp_path, monkeypatch, synth_small):
     monkeypatch.delenv("QDRANT_URL", raising=False)
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    client = QdrantClient(path=str(tmp_path / "q"))
+    client = open_embedded(str(tmp_path / "q"))
     index_catalog(client, Encoder(bundle), sorted((synth_small / "val").glob("*.png"))[0].parent, "catalog",
                   progress=False)
     client.close()
@@ -117,7 +117,8 @@ def test_doctor_healthy(healthy, capsys):
     args, _, _ = healthy
     code, out = _doctor(args, capsys)
     assert code == 0, out
-    assert out.count("[ok]") == 5
+    assert out.count("[ok]") == 6
+    assert re.search(r"\[ok\] collections: catalog__\d+ \(alias catalog\): design multivector, complete", out), out
 
 
 def test_doctor_broken_cases(healthy, capsys, monkeypatch, tmp_path):
@@ -169,18 +170,16 @@ def test_flower_needs_a_password_and_listens_on_localhost_only(compose):
     assert any(a.startswith("--basic-auth=${FLOWER_BASIC_AUTH:?") for a in flower["command"])
 
 
-def test_doctor_reports_the_qdrant_version_and_refuses_one_too_old(healthy, capsys, monkeypatch):
-    from qdrant_client import models
-
+def test_doctor_reports_the_qdrant_version_and_refuses_one_too_old(healthy, capsys):
     from indexer.doctor import check_version
 
     args, _, _ = healthy
-    code, out = _doctor(args, capsys)
-    assert code == 0 and "answers: Qdrant 1." in out
-    monkeypatch.setattr(QdrantClient, "info", lambda self: models.VersionInfo(title="qdrant", version="1.15.4"))
-    code, out = _doctor(args, capsys)
-    assert code == 1 and "[FAIL] qdrant" in out and "Qdrant 1.15.4 is older than 1.16" in out
-    assert "fix: pip install 'qdrant-client>=" in out
+    code, out = _doctor(args, capsys)  # the embedded default: the engine and its version, no Qdrant version rule
+    assert code == 0 and "the embedded engine, qdrant-edge-py 0.9.0" in out
+    local = check_version("local folder q", "1.15.4", server=False)
+    assert not local.ok and "Qdrant 1.15.4 is older than 1.16" in local.detail
+    assert local.fix.startswith("pip install 'qdrant-client>=")
+    assert check_version("local folder q", "1.20.0", server=False).ok
     server = check_version("http://qdrant:6333", "1.15.4", server=True)
     assert not server.ok and "qdrant/qdrant:v" in server.fix
     assert check_version("http://qdrant:6333", "1.16.0", server=True).ok

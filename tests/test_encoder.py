@@ -251,3 +251,16 @@ def test_export_quantize_int8_is_a_new_model_that_ranks_like_fp32(tiny_trained, 
     top32 = np.argsort(-s32, axis=1, kind="stable")[:, :10]
     top8 = np.argsort(-s8, axis=1, kind="stable")[:, :10]
     assert (s32[rows, top8] >= s32[rows, top32] - 0.02).all()
+
+
+def test_parity_is_measured_per_unit_of_an_outputs_norm():
+    """A unit vector's difference counts as is; a sub-query 10 units long may be 10x further off in absolute
+    terms for the same relative error (fusion adds it to q_base before normalising)."""
+    from training.export import INT8_TOLERANCE, scaled_max_diff
+
+    unit = np.array([[0.6, 0.8]])
+    assert scaled_max_diff(unit, unit + 0.03) == pytest.approx(0.03)
+    long = 10 * unit
+    assert scaled_max_diff(long, long + 0.3) == pytest.approx(0.03) and 0.03 < INT8_TOLERANCE < 0.06
+    assert scaled_max_diff(long, long + 0.6) == pytest.approx(0.06)
+    assert scaled_max_diff(np.array([[0.1, 0.0]]), np.array([[0.16, 0.0]])) == pytest.approx(0.06)  # short: as is

@@ -42,11 +42,10 @@ def _train_eval_export_index(recipe, root, pretrained, tmp_path, capsys, data, c
     report = json.loads(capsys.readouterr().out)
     assert report["indexed"] == len(list(catalog.glob("*.png"))) and not report["failed"]
 
-    from qdrant_client import QdrantClient
-
     from plugin import CIRSearch, ItemRef
+    from plugin.store import open_embedded
 
-    client = QdrantClient(path=str(qdrant))
+    client = open_embedded(str(qdrant))
     try:
         hits = CIRSearch(client, data, bundle=bundle, catalog_root=catalog).query(ItemRef(query[0]), query[1], k=3)
     finally:

@@ -1,6 +1,6 @@
 """A Qdrant cluster's knobs: shards, replicas, write consistency and on-disk vectors reach create_collection,
 are recorded in the collection's metadata, shown by `dqe-cir doctor`, refused where they cannot apply,
-and ignored with a warning by local mode (plugin/placement.py)."""
+and ignored with a warning by the embedded engines (plugin/placement.py)."""
 
 import pytest
 from qdrant_client import QdrantClient
@@ -42,7 +42,7 @@ def test_placement_is_checked():
 @pytest.mark.parametrize("design", ["pooled", "multivector", "token"])
 def test_the_request_carries_the_placement_and_local_mode_warns(design):
     client = Recording(QdrantClient(":memory:"))
-    with pytest.warns(UserWarning, match="local mode has no cluster"):
+    with pytest.warns(UserWarning, match=r"embedded engine \(local\) has no cluster"):
         store.create_collection(client, "c", SPEC, design=design, placement=CLUSTER)
     kw = client.created[-1]
     assert (kw["shard_number"], kw["replication_factor"], kw["write_consistency_factor"]) == (6, 2, 2)
@@ -64,17 +64,18 @@ def test_doctor_prints_the_placement_and_an_incremental_run_refuses_one(tmp_path
     from indexer.settings import load_settings
 
     path = tmp_path / "q"
-    client = QdrantClient(path=str(path))
+    client = store.open_embedded(str(path))  # the default engine, the one load_settings below opens
     from encoder import Encoder
 
-    with pytest.warns(UserWarning, match="local mode"):
+    with pytest.warns(UserWarning, match="embedded engine \\(edge\\) has no cluster"):
         index_catalog(client, Encoder(tiny_bundle), synth_small / "val", alias="shop", progress=False,
                       placement=Placement(shards=3, on_disk=True))
     with pytest.raises(IndexerError, match="full re-index"):
         index_catalog(client, Encoder(tiny_bundle), synth_small / "val", alias="shop", progress=False,
                       incremental=True, placement=Placement(shards=2))
     client.close()
-    check = check_qdrant(load_settings({"QDRANT_PATH": str(path)}), "shop", None)[-1]
+    check = next(c for c in check_qdrant(load_settings({"QDRANT_PATH": str(path)}), "shop", None)
+                 if c.name == "collection")
     assert check.ok and "placement: shards 3, vectors and HNSW on disk" in check.detail
     code = main(["index", "--catalog", str(synth_small / "val"), "--collection", "shop", "--qdrant-path", str(path),
                  "--bundle", str(tiny_bundle), "--workers", "none", "--replication-factor", "2",

@@ -18,8 +18,8 @@ def catalog(synth_small):
 
 
 @pytest.fixture()
-def indexed(tiny_bundle, catalog):
-    client = QdrantClient(":memory:")
+def indexed(tiny_bundle, catalog, new_client):
+    client = new_client()
     enc = Encoder(tiny_bundle)
     report = index_catalog(client, enc, catalog, alias="catalog", progress=False)
     return client, enc, report
@@ -49,12 +49,12 @@ def test_exact_mode_equals_brute_force_maxsim(indexed, catalog):
         assert np.allclose([h.score for h in hits], s[order], atol=1e-5)
 
 
-def test_pooled_two_stage_path_against_exact_maxsim(tiny_bundle, catalog, monkeypatch):
+def test_pooled_two_stage_path_against_exact_maxsim(tiny_bundle, catalog, monkeypatch, new_client):
     """A pooled collection with exact_below lowered under its size, so the two-stage path runs: prefetch
     on `pooled`, then MaxSim on `tokens`. Its hits are exact MaxSim over the k x oversample best pooled
     candidates, and with an oversample that covers the collection they are exact MaxSim over everything."""
     monkeypatch.setattr(store, "DEFAULT_DESIGN", "pooled")
-    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    client, enc = new_client(), Encoder(tiny_bundle)
     index_catalog(client, enc, catalog, alias="catalog", progress=False)
     assert store.collection_info(client, "catalog")["design"] == "pooled"
     paths = sorted(catalog.glob("*.png"))
@@ -81,8 +81,8 @@ def test_pooled_two_stage_path_against_exact_maxsim(tiny_bundle, catalog, monkey
         assert [h.id for h in hits] == [ids[i] for i in exact]
 
 
-def test_searcher_follows_the_alias_across_a_reindex_with_the_same_bundle(tiny_bundle, catalog):
-    client = QdrantClient(":memory:")
+def test_searcher_follows_the_alias_across_a_reindex_with_the_same_bundle(tiny_bundle, catalog, new_client):
+    client = new_client()
     enc = Encoder(tiny_bundle)
     a = index_catalog(client, enc, catalog, alias="c", progress=False).collection
     now = [0.0]
@@ -172,10 +172,10 @@ class FakeEncoder:
                              attributes=("color", "shape"))
 
 
-def test_weight_overrides_move_color_and_shape_matches():
+def test_weight_overrides_move_color_and_shape_matches(new_client):
     spec = BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
                       max_text_len=8, opset=18, fingerprint="f" * 32)
-    client = QdrantClient(":memory:")
+    client = new_client()
     store.create_collection(client, "c", spec)
     e = np.eye(4, dtype=np.float32)
     base = e[0] * 0.8
@@ -197,9 +197,9 @@ def test_fingerprint_mismatch_is_refused(indexed, tiny_bundle):
         CIRSearch(client, "catalog", encoder=other)
 
 
-def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog):
+def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog, new_client):
     bad = make_bad_catalog(tmp_path / "cat", sorted(catalog.glob("*.png"))[:5])
-    client = QdrantClient(":memory:")
+    client = new_client()
     report = index_catalog(client, Encoder(tiny_bundle), tmp_path / "cat", alias="c", progress=False,
                            policy=SwapPolicy(max_failed=0.5))  # 4 of 9 fail: over the default 1%
     assert report.indexed == 5
@@ -207,13 +207,13 @@ def test_bad_items_land_in_the_failure_report(tiny_bundle, tmp_path, catalog):
     assert all(f["reason"] for f in report.failed)
 
 
-def test_incremental_touches_exactly_the_changed_items(tiny_bundle, tmp_path, catalog):
+def test_incremental_touches_exactly_the_changed_items(tiny_bundle, tmp_path, catalog, new_client):
     src = sorted(catalog.glob("*.png"))[:8]
     cat = tmp_path / "cat"
     cat.mkdir()
     for p in src[:6]:
         (cat / p.name).write_bytes(p.read_bytes())
-    client = QdrantClient(":memory:")
+    client = new_client()
     enc = Encoder(tiny_bundle)
     first = index_catalog(client, enc, cat, alias="c", progress=False)
     (cat / src[0].name).write_bytes(src[7].read_bytes())  # edited
@@ -224,8 +224,8 @@ def test_incremental_touches_exactly_the_changed_items(tiny_bundle, tmp_path, ca
     assert report.collection == first.collection and store.count(client, "c") == 6
 
 
-def test_reindex_switches_alias_and_rolls_back(tiny_bundle, catalog):
-    client = QdrantClient(":memory:")
+def test_reindex_switches_alias_and_rolls_back(tiny_bundle, catalog, new_client):
+    client = new_client()
     enc = Encoder(tiny_bundle)
     a = index_catalog(client, enc, catalog, alias="c", progress=False)
     b = index_catalog(client, enc, catalog, alias="c", progress=False)
@@ -246,8 +246,8 @@ def test_qdrant_filter_objects_pass_through(indexed, catalog):
     assert [h.id for h in hits] == ["val-000003.png"]
 
 
-def test_reader_sees_old_or_new_collection_never_partial(tiny_bundle, catalog):
-    client = QdrantClient(":memory:")
+def test_reader_sees_old_or_new_collection_never_partial(tiny_bundle, catalog, new_client):
+    client = new_client()
     enc = Encoder(tiny_bundle)
     n = len(list(catalog.glob("*.png")))
     index_catalog(client, enc, catalog, alias="c", progress=False)
@@ -282,10 +282,10 @@ def test_served_eval_equals_torch_eval(tiny_trained, tiny_bundle, synth_small, t
 
 
 @pytest.mark.parametrize("storage", ["fp16", "int8"])
-def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
+def test_storage_options_index_and_search(tiny_bundle, catalog, storage, new_client):
     from plugin.store import bytes_per_item
 
-    client = QdrantClient(":memory:")
+    client = new_client()
     enc = Encoder(tiny_bundle)
     report = index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)
     hits = CIRSearch(client, "c", encoder=enc).query(next(catalog.glob("*.png")), "make it red", k=5, exact=True)
@@ -294,12 +294,12 @@ def test_storage_options_index_and_search(tiny_bundle, catalog, storage):
 
 
 @pytest.mark.parametrize("storage", ["fp32", "int8"])
-def test_int8_requests_ask_for_rescoring_and_fp32_ones_do_not(tiny_bundle, catalog, storage, monkeypatch):
+def test_int8_requests_ask_for_rescoring_and_fp32_ones_do_not(tiny_bundle, catalog, storage, monkeypatch, new_client):
     """Local mode ignores quantisation, so the request itself is checked: on int8, MaxSim re-scores the
     codes' top k x 4 with the originals and the prefetch re-scores on `pooled`; fp32 sends no params.
     (The pooled design's requests; tests/test_search_designs.py checks the others'.)"""
     monkeypatch.setattr(store, "DEFAULT_DESIGN", "pooled")
-    client = QdrantClient(":memory:")
+    client = new_client()
     enc = Encoder(tiny_bundle)
     index_catalog(client, enc, catalog, alias="c", progress=False, storage=storage)
     assert store.collection_info(client, store.alias_target(client, "c"))["storage"] == storage
@@ -353,7 +353,7 @@ def test_a_qdrant_server_that_is_down_raises_backend_unavailable(tiny_bundle):
     assert isinstance(e.value, PluginError)
 
 
-def test_a_reference_item_whose_image_is_gone_is_the_catalogs_fault(tiny_bundle, catalog, tmp_path):
+def test_a_reference_item_whose_image_is_gone_is_the_catalogs_fault(tiny_bundle, catalog, tmp_path, new_client):
     """An item_id reference whose stored file is missing (or has no uri) raised BadQuery (the caller's fault,
     HTTP 400) with the server's absolute path in the message: now ItemImageMissing (404), no path."""
     import shutil
@@ -363,7 +363,7 @@ def test_a_reference_item_whose_image_is_gone_is_the_catalogs_fault(tiny_bundle,
 
     folder = tmp_path / "cat"
     shutil.copytree(catalog, folder)
-    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    client, enc = new_client(), Encoder(tiny_bundle)
     index_catalog(client, enc, folder, alias="c", progress=False)
     search = CIRSearch(client, "c", encoder=enc, catalog_root=folder)
     victim = sorted(folder.glob("*.png"))[0]
@@ -382,13 +382,14 @@ def test_a_reference_item_whose_image_is_gone_is_the_catalogs_fault(tiny_bundle,
     assert search_error(e.value).status == 503
 
 
-def test_searches_racing_an_alias_switch_between_designs_use_the_queried_collections_design(tiny_bundle, catalog):
+def test_searches_racing_an_alias_switch_between_designs_use_the_queried_collections_design(tiny_bundle, catalog,
+                                                                                            new_client):
     """_search read the design, size and storage from the shared self.meta: a refresh in another thread
     could send one collection's request shape to another. Two threads: one searches, one moves the alias
     between a multivector and a token version and refreshes the searcher; every answer must be exact."""
     import threading
 
-    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    client, enc = new_client(), Encoder(tiny_bundle)
     index_catalog(client, enc, catalog, alias="c", progress=False, design="multivector")
     multi = store.alias_target(client, "c")
     index_catalog(client, enc, catalog, alias="c", progress=False, design="token")

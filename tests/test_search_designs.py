@@ -43,9 +43,8 @@ def data():
     return tokens, queries, ids
 
 
-def fill(design, data, storage="fp32", name="c") -> QdrantClient:
+def fill(client, design, data, storage="fp32", name="c") -> QdrantClient:
     tokens, _, ids = data
-    client = QdrantClient(":memory:")
     store.create_collection(client, name, SPEC, {"color": "keyword"}, storage=storage, design=design)
     store.upsert(client, name, [store.Item(ids[i], tokens[i], {"color": COLORS[i % 3], "uri": f"{ids[i]}.png"})
                                 for i in range(N)])
@@ -63,9 +62,9 @@ def searcher(client, data, **kw) -> CIRSearch:
 
 
 @pytest.mark.parametrize("design", designs.DESIGNS)
-def test_each_design_returns_exact_maxsims_top_k_with_and_without_a_filter(design, data):
+def test_each_design_returns_exact_maxsims_top_k_with_and_without_a_filter(design, data, new_client):
     tokens, queries, ids = data
-    search = searcher(fill(design, data), data)
+    search = searcher(fill(new_client(), design, data), data)
     for j, q in enumerate(queries):
         for exact in (False, True):
             hits = search.query("ref.png", f"q{j}", k=7, exact=exact, exclude_reference=False)
@@ -78,9 +77,9 @@ def test_each_design_returns_exact_maxsims_top_k_with_and_without_a_filter(desig
 
 
 @pytest.mark.parametrize("design", designs.DESIGNS)
-def test_delete_rewrite_count_and_scroll_address_items(design, data):
+def test_delete_rewrite_count_and_scroll_address_items(design, data, new_client):
     tokens, queries, ids = data
-    client = fill(design, data)
+    client = fill(new_client(), design, data)
     search = searcher(client, data)
     top = search.query("ref.png", "q0", k=1, exclude_reference=False)[0].id
     store.delete(client, "c", [top, ids[1]])
@@ -107,9 +106,9 @@ def test_delete_rewrite_count_and_scroll_address_items(design, data):
 
 
 @pytest.mark.parametrize("design", designs.DESIGNS)
-def test_the_reference_item_is_left_out_in_every_design(design, data):
+def test_the_reference_item_is_left_out_in_every_design(design, data, new_client):
     tokens, queries, ids = data
-    search = searcher(fill(design, data), data)
+    search = searcher(fill(new_client(), design, data), data)
     ref = exact_top(queries[2], tokens, ids, 1)[0][0]  # the query's best match is the reference itself
     hits = search.query(ItemRef(ref), "q2", k=6)
     assert [h.id for h in hits] == exact_top(queries[2], tokens, ids, 6, keep=lambda i: ids[i] != ref)[0]
@@ -119,9 +118,10 @@ def test_the_reference_item_is_left_out_in_every_design(design, data):
 
 
 @pytest.mark.parametrize("design", designs.DESIGNS)
-def test_explain_breaks_the_score_down_from_the_items_tokens(design, data):
+def test_explain_breaks_the_score_down_from_the_items_tokens(design, data, new_client):
     tokens, queries, ids = data
-    hits = searcher(fill(design, data), data).query("ref.png", "q3", k=4, explain=True, exclude_reference=False)
+    search = searcher(fill(new_client(), design, data), data)
+    hits = search.query("ref.png", "q3", k=4, explain=True, exclude_reference=False)
     for h in hits:
         assert h.breakdown["base"] == pytest.approx(float((tokens[ids.index(h.id)] @ queries[3]).max()), abs=1e-5)
         assert h.breakdown["color"] == 0.0 and h.breakdown["shape"] == 0.0  # the fake composer's zero sub-queries
@@ -136,10 +136,10 @@ def record(client, monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("storage", ["fp32", "int8"])
-def test_each_design_sends_its_own_request(data, monkeypatch, storage):
+def test_each_design_sends_its_own_request(data, monkeypatch, storage, new_client):
     rescore = models.QuantizationSearchParams(rescore=True, oversampling=4.0) if storage == "int8" else None
     # multivector: [q] on the `tokens` graph, no prefetch, the recorded ef
-    client = fill(designs.MULTIVECTOR, data, storage)
+    client = fill(new_client(), designs.MULTIVECTOR, data, storage)
     sent = record(client, monkeypatch)
     searcher(client, data).query("ref.png", "q0", k=3)
     (method, kw), = sent
@@ -151,7 +151,7 @@ def test_each_design_sends_its_own_request(data, monkeypatch, storage):
     searcher(client, data, hnsw_ef=300).query("ref.png", "q0", k=3, exact=True)
     assert sent[-1][1]["requests"][0].params.hnsw_ef == 300 and sent[-1][1]["requests"][0].params.exact is True
     # token: one grouped query per composed query, each item's best token
-    client = fill(designs.TOKEN, data, storage)
+    client = fill(new_client(), designs.TOKEN, data, storage)
     sent = record(client, monkeypatch)
     searcher(client, data).query_batch(["a.png", "b.png"], ["q0", "q1"], k=3)
     assert [m for m, _ in sent] == ["query_points_groups"] * 2
@@ -160,15 +160,15 @@ def test_each_design_sends_its_own_request(data, monkeypatch, storage):
     token_ef = designs.DESIGN_DEFAULTS[designs.TOKEN].hnsw_ef
     assert kw["search_params"].hnsw_ef == token_ef and kw["search_params"].quantization == rescore
     # pooled: the two-stage request as before
-    client = fill(designs.POOLED, data, storage)
+    client = fill(new_client(), designs.POOLED, data, storage)
     sent = record(client, monkeypatch)
     searcher(client, data).query("ref.png", "q0", k=3)
     request = sent[0][1]["requests"][0]
     assert request.prefetch.using == store.POOLED_VECTOR and request.using == store.TOKENS
 
 
-def test_the_design_is_recorded_and_old_collections_read_as_pooled(data):
-    client = fill(designs.TOKEN, data)
+def test_the_design_is_recorded_and_old_collections_read_as_pooled(data, new_client):
+    client = fill(new_client(), designs.TOKEN, data)
     info = store.collection_info(client, "c")
     assert info["design"] == "token" and info["design_params"] == {"m": 16, "ef_construct": 100, "hnsw_ef": 128}
     assert info["items"] == N and info["points"] == N * Q
@@ -178,7 +178,7 @@ def test_the_design_is_recorded_and_old_collections_read_as_pooled(data):
     raw = client.get_collection("c").config.metadata[store.META_KEY]
     assert "items" not in raw and "points" not in raw and raw["design"] == "token"  # nothing derived written back
     # a collection from before designs: no key in its metadata, the pooled schema
-    old = fill(designs.POOLED, data)
+    old = fill(new_client(), designs.POOLED, data)
     meta = {k: v for k, v in old.get_collection("c").config.metadata[store.META_KEY].items() if k != "design"}
     old.update_collection("c", metadata={store.META_KEY: meta})
     assert "design" not in old.get_collection("c").config.metadata[store.META_KEY]
@@ -188,8 +188,8 @@ def test_the_design_is_recorded_and_old_collections_read_as_pooled(data):
     assert [h.id for h in hits] == exact_top(queries[1], tokens, ids, 5)[0]
 
 
-def test_bad_designs_are_refused_with_what_to_do(data):
-    client = QdrantClient(":memory:")
+def test_bad_designs_are_refused_with_what_to_do(data, new_client):
+    client = new_client()
     with pytest.raises(StoreError, match=r"unknown design 'graph'; use one of \('pooled', 'multivector', 'token'\)"):
         store.create_collection(client, "c", SPEC, design="graph")
     with pytest.raises(StoreError, match="give m"):
@@ -209,14 +209,14 @@ def test_bad_designs_are_refused_with_what_to_do(data):
     with pytest.raises(StoreError, match=r"records settings this version of dqe-cir does not know \(levels\)"):
         store.collection_info(client, "c")
     with pytest.raises(SearchError, match="hnsw_ef must be a positive integer"):
-        CIRSearch(fill(designs.POOLED, data), "c", encoder=QueryEncoder(data[1]), hnsw_ef=-1)
+        CIRSearch(fill(new_client(), designs.POOLED, data), "c", encoder=QueryEncoder(data[1]), hnsw_ef=-1)
 
 
-def test_a_reindex_keeps_the_design_unless_told_and_searchers_follow_a_move(data, monkeypatch):
+def test_a_reindex_keeps_the_design_unless_told_and_searchers_follow_a_move(data, monkeypatch, new_client):
     from indexer.versions import new_version
 
     tokens, queries, ids = data
-    client = QdrantClient(":memory:")
+    client = new_client()
     items = [store.Item(ids[i], tokens[i], {"uri": f"{ids[i]}.png"}) for i in range(N)]
     monkeypatch.setattr(store, "DEFAULT_DESIGN", designs.POOLED)  # an alias built before the default moved
     old = new_version(client, "cat", SPEC)  # what indexer/reindex_inprocess.py and indexer/reindex_workers.py call
@@ -245,18 +245,18 @@ def test_doctor_says_which_design_a_collection_uses(tmp_path, data, monkeypatch)
     from indexer.settings import load_settings
 
     path = tmp_path / "q"
-    client = QdrantClient(path=str(path))
+    client = store.open_embedded(str(path))
     store.create_collection(client, "shop__1", SPEC, design=designs.TOKEN)
     store.upsert(client, "shop__1", [store.Item("a", data[0][0], {}), store.Item("b", data[0][1], {})])
     store.switch_alias(client, "shop", "shop__1")
     client.close()
     settings = load_settings({"QDRANT_PATH": str(path)})
-    check = check_qdrant(settings, "shop", SPEC)[-1]
+    check = next(c for c in check_qdrant(settings, "shop", SPEC) if c.name == "collection")
     assert check.ok and "2 items (8 points)" in check.detail
     assert "design token (m 16, ef_construct 100, hnsw_ef 128)" in check.detail
     assert f"a full re-index with --design {store.DEFAULT_DESIGN} moves it there" in check.detail
     monkeypatch.setattr(store, "DEFAULT_DESIGN", designs.TOKEN)
-    check = check_qdrant(settings, "shop", SPEC)[-1]
+    check = next(c for c in check_qdrant(settings, "shop", SPEC) if c.name == "collection")
     assert check.ok and "design token" in check.detail and "moves it there" not in check.detail
 
 
@@ -281,8 +281,8 @@ def test_bytes_per_item_by_design_and_the_readme_table():
             assert f"| {links:,} B | {(store.bytes_per_item(q, d, 'fp32', design) + links) / 1e3:.1f} GB |" in row, row
 
 
-def test_a_pooled_design_can_carry_its_own_graph_settings(data, monkeypatch):
-    client = QdrantClient(":memory:")
+def test_a_pooled_design_can_carry_its_own_graph_settings(data, monkeypatch, new_client):
+    client = new_client()
     store.create_collection(client, "c", SPEC, design=designs.Design(designs.POOLED, m=32, hnsw_ef=200))
     vectors = client.get_collection("c").config.params.vectors
     assert vectors[store.POOLED_VECTOR].hnsw_config.m == 32 and vectors[store.TOKENS].hnsw_config.m == 0
@@ -327,14 +327,13 @@ def test_the_replayed_group_by_returns_exact_maxsims_top_k(tmp_path, data):
 def test_dqe_cir_index_design_flag_builds_that_design(tiny_bundle, synth_small, tmp_path):
     """`dqe-cir index --design token` makes the new version a token collection; a plain re-index goes back
     to the default design; search works on both."""
-    from qdrant_client import QdrantClient
 
     from app.cli import main
 
     common = ["--bundle", str(tiny_bundle), "--qdrant-path", str(tmp_path / "q"), "--collection", "shop"]
     base = ["index", "--catalog", str(synth_small / "val"), "--workers", "none", "--quiet", "--json", *common]
     assert main([*base, "--design", "token"]) == 0
-    client = QdrantClient(path=str(tmp_path / "q"))
+    client = store.open_embedded(str(tmp_path / "q"))
     try:
         live = store.alias_target(client, "shop")
         assert store.collection_info(client, live)["design"] == "token"
@@ -345,13 +344,13 @@ def test_dqe_cir_index_design_flag_builds_that_design(tiny_bundle, synth_small, 
               "--json", *common]
     assert main(search) == 0
     assert main(base) == 0  # a re-index without --design keeps the alias's design
-    client = QdrantClient(path=str(tmp_path / "q"))
+    client = store.open_embedded(str(tmp_path / "q"))
     try:
         assert store.collection_info(client, store.alias_target(client, "shop"))["design"] == "token"
     finally:
         client.close()
     assert main([*base, "--design", store.DEFAULT_DESIGN]) == 0
-    client = QdrantClient(path=str(tmp_path / "q"))
+    client = store.open_embedded(str(tmp_path / "q"))
     try:
         assert store.collection_info(client, store.alias_target(client, "shop"))["design"] == store.DEFAULT_DESIGN
     finally:
@@ -381,14 +380,14 @@ class OneRoundGroupBy:
         return models.GroupsResult(groups=[models.PointGroup(id=key, hits=[p]) for key, p in groups.items()])
 
 
-def test_the_token_design_fills_k_even_when_the_servers_group_by_answers_short(data):
+def test_the_token_design_fills_k_even_when_the_servers_group_by_answers_short(data, new_client):
     """k=100 over 150 items of Q=4 tokens: one round of the server's group-by yields about 25-100 groups. The
     searcher asks again for the rest (leaving out the items found) until k, and the answer is exact MaxSim's."""
     rng = np.random.default_rng(3)
     n, k = 150, 100
     tokens = l2_normalize(rng.normal(size=(n, Q, D))).astype(np.float32)
     queries, ids = data[1], [f"item-{i:03d}" for i in range(n)]
-    client = QdrantClient(":memory:")
+    client = new_client()
     store.create_collection(client, "c", SPEC, design="token")
     store.upsert(client, "c", [store.Item(ids[i], tokens[i], {"uri": f"{ids[i]}.png"}) for i in range(n)])
     replay = OneRoundGroupBy(client)

@@ -5,7 +5,6 @@ import json
 import threading
 
 import pytest
-from qdrant_client import QdrantClient
 
 from encoder import Encoder
 from encoder.bundle import BundleSpec
@@ -53,8 +52,8 @@ def test_swap_rules_are_pure_and_say_why():
         SwapPolicy(keep=0)
 
 
-def test_an_all_corrupt_catalog_never_goes_live(enc, images, tmp_path):
-    client = QdrantClient(":memory:")
+def test_an_all_corrupt_catalog_never_goes_live(enc, images, tmp_path, new_client):
+    client = new_client()
     good = index_catalog(client, enc, folder(tmp_path / "good", images[:4]), alias="c", progress=False)
     bad = tmp_path / "bad"
     make_bad_catalog(bad, images[:1])
@@ -71,10 +70,10 @@ def test_an_all_corrupt_catalog_never_goes_live(enc, images, tmp_path):
     assert versions(client, "c") == [good.collection]
 
 
-def test_failed_share_and_max_failed(enc, images, tmp_path):
+def test_failed_share_and_max_failed(enc, images, tmp_path, new_client):
     cat = tmp_path / "cat"
     bad = make_bad_catalog(cat, images[:6])  # 6 good, 4 bad: 40% failed
-    client = QdrantClient(":memory:")
+    client = new_client()
     with pytest.raises(IndexerError, match=r"4 of 10 items failed \(40.0%\), more than --max-failed 1.0%"):
         index_catalog(client, enc, cat, alias="c", progress=False)
     assert store.alias_target(client, "c") is None and versions(client, "c") == []
@@ -83,8 +82,8 @@ def test_failed_share_and_max_failed(enc, images, tmp_path):
     assert state(client, report.collection) == store.COMPLETE
 
 
-def test_keep_prunes_older_versions_and_rollback_skips_failed_ones(enc, images, tmp_path):
-    client = QdrantClient(":memory:")
+def test_keep_prunes_older_versions_and_rollback_skips_failed_ones(enc, images, tmp_path, new_client):
+    client = new_client()
     good, bad = folder(tmp_path / "good", images[:3]), tmp_path / "bad"
     make_bad_catalog(bad, images[:1])
     a = index_catalog(client, enc, good, alias="c", progress=False).collection
@@ -104,10 +103,10 @@ def test_keep_prunes_older_versions_and_rollback_skips_failed_ones(enc, images, 
     assert d.pruned == [b, c.collection] and versions(client, "c") == [failed, d.collection]
 
 
-def test_a_build_left_by_a_dead_job_is_never_a_rollback_target_and_is_pruned(enc, images, tmp_path):
+def test_a_build_left_by_a_dead_job_is_never_a_rollback_target_and_is_pruned(enc, images, tmp_path, new_client):
     from indexer.versions import new_version
 
-    client = QdrantClient(":memory:")
+    client = new_client()
     good = folder(tmp_path / "good", images[:3])
     a = index_catalog(client, enc, good, alias="c", progress=False).collection
     dead = new_version(client, "c", enc.spec)  # a job that died half-way
@@ -116,10 +115,10 @@ def test_a_build_left_by_a_dead_job_is_never_a_rollback_target_and_is_pruned(enc
     assert rollback(client, "c") == (b.collection, a)
 
 
-def test_payload_index_types_are_checked_before_anything_exists(tmp_path, capsys):
+def test_payload_index_types_are_checked_before_anything_exists(tmp_path, capsys, new_client):
     spec = BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
                       max_text_len=8, opset=18, fingerprint="f" * 32)
-    client = QdrantClient(":memory:")
+    client = new_client()
     with pytest.raises(store.StoreError, match="unknown payload index type 'colour'"):
         store.create_collection(client, "x", spec, {"brand": "colour"})
     assert not client.collection_exists("x")
@@ -181,11 +180,12 @@ def test_cli_exit_code_and_report_when_the_alias_stays(tiny_bundle, images, tmp_
     assert main(["index", "--catalog", str(bad), "--collection", "shop", "--max-failed", "80%", *common]) == 0
 
 
-def test_incremental_fetches_each_item_once_and_refuses_an_empty_catalog(enc, images, tmp_path, monkeypatch):
+def test_incremental_fetches_each_item_once_and_refuses_an_empty_catalog(enc, images, tmp_path, monkeypatch,
+                                                                         new_client):
     import indexer.pipeline as pipeline  # where the fed encoder fetches each item
 
     cat = folder(tmp_path / "cat", images[:5])
-    client = QdrantClient(":memory:")
+    client = new_client()
     index_catalog(client, enc, cat, alias="c", progress=False, chunk_size=2)
     (cat / images[0].name).write_bytes(images[6].read_bytes())
     fetched = []
@@ -201,14 +201,14 @@ def test_incremental_fetches_each_item_once_and_refuses_an_empty_catalog(enc, im
     assert store.count(client, "c") == 5
 
 
-def test_a_payload_index_on_dqe_cirs_own_fields_is_refused():
+def test_a_payload_index_on_dqe_cirs_own_fields_is_refused(new_client):
     """--payload-index item_id=integer silently replaced the keyword index that token grouping and reference
     exclusion rely on (on a server). Refused, on the command line and at create_collection."""
     with pytest.raises(store.StoreError, match="item_id"):
         store.parse_payload_indexes(["item_id=integer"])
     with pytest.raises(store.StoreError, match="token_index"):
         store.parse_payload_indexes(["brand=keyword", "token_index=keyword"])
-    client = QdrantClient(":memory:")
+    client = new_client()
     spec = BundleSpec(embed_dim=4, num_query_tokens=2, image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
                       max_text_len=8, opset=18, fingerprint="f" * 32)
     with pytest.raises(store.StoreError, match="dqe-cir's own"):
@@ -216,7 +216,7 @@ def test_a_payload_index_on_dqe_cirs_own_fields_is_refused():
     assert not client.collection_exists("x")
 
 
-def test_a_reindex_keeps_the_alias_design_and_settings_unless_told(tiny_bundle, synth_small, caplog):
+def test_a_reindex_keeps_the_alias_design_and_settings_unless_told(tiny_bundle, synth_small, caplog, new_client):
     """A full re-index without --design moved a token or pooled alias to multivector and dropped its
     design_params; --incremental --design X was silently ignored."""
     import logging
@@ -224,7 +224,7 @@ def test_a_reindex_keeps_the_alias_design_and_settings_unless_told(tiny_bundle, 
     from plugin.designs import design_from_meta
 
     catalog = synth_small / "val"
-    client, enc = QdrantClient(":memory:"), Encoder(tiny_bundle)
+    client, enc = new_client(), Encoder(tiny_bundle)
 
     def live():
         return design_from_meta(store.collection_info(client, store.alias_target(client, "c")))

@@ -80,11 +80,10 @@ def log_text(tmp_path: Path, name: str) -> str:
 
 def stored(settings, alias: str = "catalog") -> tuple[list[str], int] | None:
     """(item ids, count) behind `alias` in the local-mode folder, or None when the alias does not exist."""
-    from qdrant_client import QdrantClient
-
+    from indexer.settings import qdrant_client
     from plugin import store
 
-    client = QdrantClient(path=settings.qdrant_path)
+    client = qdrant_client(settings)
     try:
         if store.alias_target(client, alias) is None:
             return None
@@ -94,11 +93,10 @@ def stored(settings, alias: str = "catalog") -> tuple[list[str], int] | None:
 
 
 def collections(settings) -> list[str]:
-    from qdrant_client import QdrantClient
-
+    from indexer.settings import qdrant_client
     from plugin import store
 
-    client = QdrantClient(path=settings.qdrant_path)
+    client = qdrant_client(settings)
     try:
         return sorted(store.collections(client))
     finally:

@@ -22,8 +22,10 @@ from training.model import DQECIR
 
 FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
-# int8: max abs difference of the unit-norm outputs from torch. The demo model's int8 bundle is about 2e-3 off;
-# rankings are what matters, so the export also reports the top-1 / top-10 agreement with torch.
+# int8: max abs difference from torch, per unit of the output's norm (parity_report). The shipped demo model's int8
+# bundle is 1.4e-2 off on q_color (norm ~9: 0.12 absolute) and 5e-3 on the tokens, and retrieves within 0.3
+# points of fp32 (docs/benchmarks/encoder-int8.md); rankings are what matters, so the export also reports the
+# top-1 / top-10 agreement with torch.
 INT8_TOLERANCE = 5e-2
 QUANTIZE = ("int8",)
 # MatMul only: the demo model's MatMul-only int8 image encoder ran 1.4-1.6x the fp32 one on one thread, where
@@ -106,7 +108,8 @@ def export_bundle(model: DQECIR, tok: TextTokenizer, out: str | Path, opset: int
     report = parity_report(model, tok, out) if check else {}
     tol = {"fp32": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": INT8_TOLERANCE}[precision]
     for name, diff in report.items():
-        log(f"[export] parity {name:<8} max abs diff {diff:.2e} ({'ok' if diff <= tol else 'FAIL'}, tol {tol:g})")
+        log(f"[export] parity {name:<8} max abs diff {diff:.2e} per unit norm ({'ok' if diff <= tol else 'FAIL'}, "
+            f"tol {tol:g})")
     if check:
         agree = ranking_agreement(model, tok, out)
         log(f"[export] ranking agreement with torch ({agree['queries']} queries, {agree['gallery']} random images): "
@@ -202,9 +205,17 @@ def ranking_agreement(model: DQECIR, tok: TextTokenizer, bundle: str | Path, gal
             "queries": queries, "gallery": gallery}
 
 
+def scaled_max_diff(ref: np.ndarray, got: np.ndarray) -> float:
+    """max |ref - got|, divided by ref's largest row norm when that is above 1 (see parity_report)."""
+    return float(np.abs(ref - got).max()) / max(1.0, float(np.linalg.norm(ref, axis=-1).max()))
+
+
 @torch.no_grad()
 def parity_report(model: DQECIR, tok: TextTokenizer, bundle: str | Path, batch_sizes=(1, 3), texts=None) -> dict:
-    """Max abs difference between onnxruntime (CPU) and torch for every output over a few batches."""
+    """Max abs difference between onnxruntime (CPU) and torch for every output over a few batches, divided by the
+    output's largest row norm when that is above 1: the tokens and q_base are unit vectors (the difference as
+    is), while an attribute head's sub-query may be several units long (fusion adds it to q_base before
+    normalising), and a fixed absolute tolerance would then be looser or stricter by that length."""
     enc, comp = _onnx_sessions(Path(bundle))
     texts = texts or ["make it red", "turn the blue square into a star", "add a small green cross top left",
                       "remove the pink hexagon and nothing else at all please"]
@@ -222,5 +233,5 @@ def parity_report(model: DQECIR, tok: TextTokenizer, bundle: str | Path, batch_s
         ref_parts = [t.numpy() for t in flat_parts(composed)]
         got_parts = comp.run(outputs, {"pixel_values": pixels.numpy(), "input_ids": ids, "attention_mask": mask})
         for name, r, o in zip(outputs, ref_parts, got_parts, strict=True):
-            report[name] = max(report[name], float(np.abs(r - o).max()))
+            report[name] = max(report[name], scaled_max_diff(r, o))
     return report

@@ -1,12 +1,13 @@
 """`dqe-cir demo`: the main job end to end on the built-in synthetic catalog, no servers.
 
 data -> the oracle -> the shipped model's metrics -> a short fine-tune -> ONNX export with its parity
-check -> in-process indexing into local-mode Qdrant -> composed queries through CIRSearch, next to
-the torch metrics of the same checkpoint -> a picture of a few queries.
+check -> in-process indexing into the embedded engine (qdrant-edge; QDRANT_ENGINE) -> composed queries
+through CIRSearch, next to the torch metrics of the same checkpoint -> a picture of a few queries.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def cmd_demo(args) -> int:
     from app.served_eval import served_eval
 
     n_served = None if args.quick else args.served_queries
-    print(f"[index] embedding the val catalog into local-mode Qdrant at {work / 'qdrant'} (in-process), then "
+    engine = set_aside_other_engine(work / "qdrant")
+    print(f"[index] embedding the val catalog into the {engine} engine at {work / 'qdrant'} (in-process), then "
           f"{n_served or 'all'} composed queries through CIRSearch")
     served, tops, val_split, report = served_eval(bundle, data, "val", work / "qdrant", alias="synthetic-val",
                                                   max_queries=n_served)
@@ -95,6 +97,23 @@ def finetune_config(data: Path, run: Path, model_path: Path, minutes: float, see
     return load_train_config(FINETUNE_RECIPE, {"max_steps": None},  # the time budget sets the schedule's length
                              root=str(data), out=str(run), init=str(model_path), max_minutes=minutes, seed=seed,
                              progress=True)
+
+
+def set_aside_other_engine(folder: Path) -> str:
+    """The embedded engine the demo indexes with (QDRANT_ENGINE); a demo folder another engine wrote (an older
+    demo ran on local mode) is renamed, not deleted, and said so."""
+    from indexer.settings import load_settings
+    from plugin import store
+
+    engine = load_settings().qdrant_engine
+    try:
+        store.open_embedded(str(folder), engine).close()
+    except store.StoreError:
+        aside = folder.with_name(f"{folder.name}.{'local-mode' if engine == store.EDGE else 'edge'}")
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        print(f"[index] {folder} was written by the other embedded engine: moved to {aside}")
+    return engine
 
 
 def serve_command(work: Path, data: Path) -> str:

@@ -206,11 +206,11 @@ def cmd_serve(args) -> int:
         return 2
     read_bundle(config.bundle)  # a missing or broken bundle stops here; a missing collection only delays /readyz
     if args.workers > 1 and config.local_mode:
-        print("error: --workers above 1 needs a Qdrant server (QDRANT_URL): a local-mode folder (QDRANT_PATH) "
-              "is locked by one process", file=sys.stderr)
+        print("error: --workers above 1 needs a Qdrant server (QDRANT_URL): an embedded folder (QDRANT_PATH) opens "
+              "each collection in one process", file=sys.stderr)
         return 2
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
-    where = config.settings.qdrant_url or f"local folder {config.settings.qdrant_path}"
+    where = config.settings.qdrant_url or f"{config.settings.qdrant_engine} folder {config.settings.qdrant_path}"
     print(f"[serve] collection {config.collection!r} on {where}, bundle {config.bundle}, {args.workers} worker(s); "
           f"open {url}", flush=True)
     if args.open:

@@ -75,7 +75,7 @@ class Backend:
             from indexer.settings import qdrant_client
 
             try:
-                self.client = qdrant_client(self.config.settings)
+                self.client = qdrant_client(self.config.settings, serving=True)
             except Exception as e:  # a locked local-mode folder, a bad URL
                 self.problem = f"qdrant: {e}"
                 return
