@@ -103,6 +103,10 @@ class EdgeClient:
             if shard is not None:
                 return shard
             self._schema(name)  # not found: the same ValueError as qdrant-client's local mode
+            # a long-lived reader (the service) lets go of versions another process pruned since: their files
+            # stay on disk while they are open
+            for gone in [n for n in self._shards if not (self._dir(n) / SCHEMA).is_file()]:
+                self._release(gone)
             path = self._dir(name) / SHARD
             deadline = time.monotonic() + self.busy_timeout
             while True:

@@ -260,5 +260,6 @@ def test_a_reindex_killed_midway_completes_on_the_next_run_while_a_reader_keeps_
     assert report["indexed"] == n and search.follow() == report["collection"] != first
     assert store.count(reader, "shop") == n and building[0] not in store.collections(reader)  # pruned
     assert [h.id for h in search.query(ref, "make it red", k=5)] == before  # same bundle, same catalog
+    assert set(reader._shards) <= set(store.collections(reader))  # pruned versions were let go of
     reader.close()
 
