@@ -69,11 +69,14 @@ def check_qdrant(settings: Settings, collection: str, spec) -> list[Check]:
             return checks
         try:
             meta = store.collection_info(client, collection)
+        except store.ShardBusy:  # the service holds it (edge: one process a collection): the metadata still reads
+            meta = {**store.recorded_meta(client, collection), "items": "? (counts unavailable: another process, "
+                    "e.g. the service, holds the collection)", "points": None}
         except store.StoreError as e:
             checks.append(Check("collection", False, str(e), f"dqe-cir index --catalog SRC --collection {collection}"))
             return checks
         target = store.alias_target(client, collection)
-        points = f" ({meta['points']} points)" if meta["points"] != meta["items"] else ""
+        points = f" ({meta['points']} points)" if meta["points"] not in (None, meta["items"]) else ""
         detail = (f"{collection!r}{f' -> {target}' if target else ''}: {meta['items']} items{points}, fingerprint "
                   f"{meta['fingerprint']}, build state {meta.get('state') or 'none (made before build states)'}, "
                   f"{design_detail(meta)}, {placement_detail(meta)}")

@@ -30,6 +30,7 @@ from indexer.celery import app, settings
 from indexer.pipeline import ChunkResult, fed_batches
 from indexer.settings import qdrant_client
 from plugin import store
+from plugin.errors import ShardBusy
 
 log = logging.getLogger(__name__)
 _ENCODER: tuple[int, Encoder] | None = None
@@ -113,6 +114,8 @@ def index_chunk(self, job_id: str, chunk: str, collection: str, items: list[dict
         else:
             result = _embed_and_write(collection, catalog_items, root_path, incremental)
         ledger.record_chunk(r, job_id, chunk, [g.item_id for g in result.good], result.unchanged, result.failed)
+    except ShardBusy as e:  # another worker process has the embedded collection open: its turn ends soon
+        raise TransientError(f"{e} (attempt {self.request.retries + 1} of {self.max_retries + 1})") from e
     except store.StoreError:
         raise  # a fingerprint mismatch or a missing collection is no hiccup: fail for good, loudly
     except Exception as e:

@@ -61,7 +61,7 @@ def current_design(client: QdrantClient, alias: str) -> Design | None:
     if name is None:
         return None
     try:
-        return store.design_from(store.collection_info(client, name), name)
+        return store.design_from(store.recorded_meta(client, name), name)  # no count: the service may hold it
     except store.StoreError:
         return None
 

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,6 +58,11 @@ def write_json(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power loss once the folder is synced
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class EdgeClient:
@@ -67,9 +72,12 @@ class EdgeClient:
         self.root = Path(path)
         self.busy_timeout, self.allow_optimize = busy_timeout, allow_optimize
         self._shards: dict[str, qe.EdgeShard] = {}
-        self._lock = threading.RLock()  # opening and closing shards; Edge serialises the calls themselves
+        self._lock = threading.RLock()  # the shard table; Edge serialises the calls themselves
+        self._opening: dict[str, threading.Lock] = {}  # one per collection being opened: a busy wait blocks no other
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / COLLECTIONS).mkdir(exist_ok=True)
+        for trash in (self.root / COLLECTIONS).glob(".deleted-*"):  # a delete interrupted after its rename
+            shutil.rmtree(trash, ignore_errors=True)
         marker = self.root / MARKER
         if not marker.exists():
             write_json(marker, {"engine": "edge", "format": FORMAT, "qdrant_edge": edge_version()})
@@ -98,15 +106,16 @@ class EdgeClient:
 
     def _shard(self, name: str) -> qe.EdgeShard:
         name = self._resolve(name)
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
         with self._lock:
+            opening = self._opening.setdefault(name, threading.Lock())
+        with opening:  # threads wanting other collections go on while this one waits for a busy shard
             shard = self._shards.get(name)
             if shard is not None:
                 return shard
             self._schema(name)  # not found: the same ValueError as qdrant-client's local mode
-            # a long-lived reader (the service) lets go of versions another process pruned since: their files
-            # stay on disk while they are open
-            for gone in [n for n in self._shards if not (self._dir(n) / SCHEMA).is_file()]:
-                self._release(gone)
             path = self._dir(name) / SHARD
             deadline = time.monotonic() + self.busy_timeout
             while True:
@@ -124,7 +133,12 @@ class EdgeClient:
             # an optimise killed half-way leaves its builder folder behind; the shard never reads it
             for leftover in (path / "temp_segments").glob("segment_builder_*"):
                 shutil.rmtree(leftover, ignore_errors=True)
-            self._shards[name] = shard
+            with self._lock:
+                # a long-lived reader (the service) lets go of versions another process pruned since: their
+                # files stay on disk while they are open
+                for gone in [n for n in self._shards if not (self._dir(n) / SCHEMA).is_file()]:
+                    self._release(gone)
+                self._shards[name] = shard
             return shard
 
     def _release(self, name: str) -> None:
@@ -143,7 +157,8 @@ class EdgeClient:
         return (self._dir(self._resolve(name)) / SCHEMA).is_file()
 
     def get_collections(self):
-        names = sorted(p.parent.name for p in (self.root / COLLECTIONS).glob(f"*/{SCHEMA}"))
+        names = sorted(p.parent.name for p in (self.root / COLLECTIONS).glob(f"*/{SCHEMA}")
+                       if not p.parent.name.startswith("."))  # not a delete's leftover
         return SimpleNamespace(collections=[SimpleNamespace(name=n) for n in names])
 
     def create_collection(self, collection_name: str, vectors_config: dict, quantization_config=None,
@@ -249,6 +264,8 @@ class EdgeClient:
                 elif isinstance(op, models.DeleteAliasOperation):
                     work.pop(op.delete_alias.alias_name, None)
                 elif isinstance(op, models.RenameAliasOperation):
+                    if op.rename_alias.old_alias_name not in work:
+                        raise ValueError(f"Alias {op.rename_alias.old_alias_name} not found")
                     work[op.rename_alias.new_alias_name] = work.pop(op.rename_alias.old_alias_name)
                 else:
                     raise StoreError(f"alias operation {type(op).__name__} is not supported by the edge engine")
@@ -378,6 +395,8 @@ def vector_params(p: models.VectorParams):
 def search_params(p: models.SearchParams | None):
     if p is None:
         return None
+    if p.indexed_only or p.acorn is not None:
+        raise StoreError("SearchParams indexed_only / acorn are not supported by the edge engine")
     q = p.quantization
     quant = qe.QuantizationSearchParams(ignore=bool(q.ignore), rescore=q.rescore, oversampling=q.oversampling) \
         if q is not None else None
@@ -441,6 +460,13 @@ def edge_filter(f: models.Filter | None):
         return None
     if not isinstance(f, models.Filter):
         raise BadFilter(f"a filter must be a qdrant_client Filter, got {type(f).__name__}")
+    try:
+        return _filter(f)
+    except (TypeError, ValueError) as e:  # a value the engine's types refuse: the filter's fault, not the engine's
+        raise BadFilter(f"filter not accepted by the edge engine: {e}") from e
+
+
+def _filter(f: models.Filter):
     min_should = qe.MinShould(_conditions(f.min_should.conditions), f.min_should.min_count) if f.min_should else None
     return qe.Filter(must=_conditions(f.must), should=_conditions(f.should), must_not=_conditions(f.must_not),
                      min_should=min_should)
@@ -497,7 +523,7 @@ def value_range(r):
     if r is None:
         return None
     if isinstance(r, models.DatetimeRange):
-        iso = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in
+        iso = {k: (v.isoformat() if isinstance(v, (datetime, date)) else v) for k, v in
                (("gt", r.gt), ("gte", r.gte), ("lt", r.lt), ("lte", r.lte))}
         return qe.RangeDateTime(**iso)
     return qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte)

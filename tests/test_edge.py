@@ -81,8 +81,15 @@ def test_a_filter_selects_the_same_items_on_edge_as_in_local_mode(kind, tmp_path
 
 
 def test_a_filter_part_edge_cannot_express_is_refused_not_dropped(tmp_path):
+    import datetime
+
     client = filled(EdgeClient(tmp_path / "e"))
     try:
+        dated = models.FieldCondition(key="day", range=models.DatetimeRange(gte=datetime.date(2026, 1, 1)))
+        assert client.count("c", count_filter=models.Filter(must=[dated])).count == 0  # a date converts
+        with pytest.raises(StoreError, match="indexed_only"):
+            client.query_points("c", query=[[0.0] * 16], using="tokens", search_params=models.SearchParams(
+                indexed_only=True))
         slice_ = models.SliceCondition(slice=models.Slice(total=2, index=0))
         with pytest.raises(BadFilter, match="SliceCondition is not supported by the edge engine"):
             client.count("c", count_filter=models.Filter(must=[slice_]))
@@ -96,6 +103,9 @@ def test_aliases_switch_atomically_survive_a_reopen_and_go_with_their_collection
     client = filled(filled(EdgeClient(tmp_path / "e"), "v1"), "v2")
     assert store.switch_alias(client, "shop", "v1") is None
     assert store.switch_alias(client, "shop", "v2") == "v1"
+    with pytest.raises(ValueError, match="Alias nope not found"):
+        client.update_collection_aliases(change_aliases_operations=[models.RenameAliasOperation(
+            rename_alias=models.RenameAlias(old_alias_name="nope", new_alias_name="x"))])
     with pytest.raises(ValueError, match="not found"):  # a bad operation changes nothing
         client.update_collection_aliases(change_aliases_operations=[
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name="shop")),
@@ -108,8 +118,14 @@ def test_aliases_switch_atomically_survive_a_reopen_and_go_with_their_collection
         assert store.collection_info(again, "v2")["state"] == store.COMPLETE
         assert again.delete_collection("v2") and store.aliases(again) == {}
         assert store.collections(again) == ["v1"] and not again.delete_collection("shop")
+        leftover = tmp_path / "e" / "collections" / ".deleted-v9-0000"  # a delete killed after its rename
+        (leftover / "shard").mkdir(parents=True)
+        (leftover / "collection.json").write_text("{}")
+        assert store.collections(again) == ["v1"]
     finally:
         again.close()
+    EdgeClient(tmp_path / "e").close()
+    assert not leftover.exists()  # swept when a client opens the folder
 
 
 HOLD = """
@@ -123,16 +139,41 @@ time.sleep(60)
 
 
 def test_a_collection_held_by_another_process_is_busy_and_transient_while_others_open(tmp_path):
-    filled(filled(EdgeClient(tmp_path / "e"), "live"), "next").close()
+    import threading
+
+    from indexer.versions import current_design
+
+    client = filled(filled(EdgeClient(tmp_path / "e"), "live", design="token"), "next")
+    store.switch_alias(client, "shop", "live")
+    client.close()
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "e"), "live"], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        client = EdgeClient(tmp_path / "e", busy_timeout=0.5)
+        client = EdgeClient(tmp_path / "e", busy_timeout=2.0)
+        assert store.count(client, "next") == N
+        raised = []
+
+        def wait_for_live():
+            try:
+                store.count(client, "live")
+            except ShardBusy as e:
+                raised.append(e)
+
+        waiting = threading.Thread(target=wait_for_live)
+        waiting.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert store.count(client, "next") == N  # not held up by the other thread's wait for "live"
+        assert time.monotonic() - t0 < 1.0
+        waiting.join()
+        assert raised
         with pytest.raises(ShardBusy, match="open in another process") as e:
             store.count(client, "live")
         assert store.is_transient(e.value)
-        assert store.count(client, "next") == N  # another collection of the folder opens meanwhile
+        # what a re-index reads of the live version needs no shard: the design is kept while the service holds it
+        t0 = time.monotonic()
+        assert current_design(client, "shop").name == "token" and time.monotonic() - t0 < 1.0
         client.close()
     finally:
         holder.kill()

@@ -101,3 +101,20 @@ def test_ledger_never_counts_an_item_twice():
 def test_default_deadline_grows_with_the_chunks():
     assert default_deadline(10, task_time_limit=600, visibility_timeout=1200) == 1200 + 10 * 600
     assert default_deadline(1, 5, 6) < default_deadline(2, 5, 6)
+
+
+def test_a_busy_embedded_collection_is_retried_not_failed_for_good(monkeypatch):
+    """ShardBusy is a StoreError (which fails a chunk for good), but another worker process holding the edge
+    collection is a turn to wait for: the task raises TransientError, which Celery retries."""
+    import indexer.tasks as tasks
+    from plugin.errors import ShardBusy
+
+    def busy(*_):
+        raise ShardBusy("collection 'c' is open in another process")
+
+    monkeypatch.setattr(tasks, "_embed_and_write", busy)
+    with pytest.raises(tasks.TransientError, match="open in another process"):
+        tasks.index_chunk._orig_run("job-units", "chunk-0", "c", [], "/tmp")
+    monkeypatch.setattr(tasks, "_embed_and_write", lambda *_: (_ for _ in ()).throw(store.StoreError("mismatch")))
+    with pytest.raises(store.StoreError, match="mismatch"):
+        tasks.index_chunk._orig_run("job-units", "chunk-0", "c", [], "/tmp")
