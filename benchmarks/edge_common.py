@@ -24,30 +24,15 @@ def pct(values, q) -> float:
 
 # --- engines --------------------------------------------------------------------------------------
 def edge_config(d: int, storage: str = "fp32"):
-    from qdrant_edge import (
-        Distance,
-        EdgeConfig,
-        EdgeVectorParams,
-        HnswIndexConfig,
-        MultiVectorComparator,
-        MultiVectorConfig,
-        ScalarQuantizationConfig,
-        ScalarType,
-        VectorStorageDatatype,
-    )
+    """The pooled design's schema as plugin.store.create_collection makes it, converted by plugin.edge."""
+    from qdrant_edge import EdgeConfig
 
-    # the same choices as plugin.store.create_collection
-    dtype = VectorStorageDatatype.Float16 if storage == "fp16" else None
-    quant = ScalarQuantizationConfig(type=ScalarType.Int8, always_ram=True) if storage == "int8" else None
-    return EdgeConfig(
-        vectors={
-            "tokens": EdgeVectorParams(size=d, distance=Distance.Dot, datatype=dtype, on_disk=storage == "int8",
-                                       multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim),
-                                       hnsw_config=HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)),
-            "pooled": EdgeVectorParams(size=d, distance=Distance.Cosine, datatype=dtype),
-        },
-        quantization_config=quant,
-    )
+    from plugin.edge import scalar_quantization, vector_params
+    from plugin.store import quantization_config
+
+    vectors = designs.vectors_config(designs.Design(designs.POOLED), d, storage)
+    return EdgeConfig(vectors={n: vector_params(p) for n, p in vectors.items()},
+                      quantization_config=scalar_quantization(quantization_config(storage)))
 
 
 def build_edge(path: Path, tokens: np.ndarray, ids: list[str], payloads: list[dict], storage: str = "fp32",

@@ -40,20 +40,6 @@ MAX_GROUP_REQUESTS = 5  # group_by.rs: MAX_GET_GROUPS_REQUESTS (and as many MAX_
 
 
 # --- building ------------------------------------------------------------------------------------
-def edge_vector_params(params):
-    """qdrant-client VectorParams (plugin.designs.vectors_config) -> edge's EdgeVectorParams."""
-    from qdrant_edge import Distance, EdgeVectorParams, HnswIndexConfig, MultiVectorComparator, MultiVectorConfig
-
-    hnsw = params.hnsw_config
-    return EdgeVectorParams(
-        size=params.size, distance={"Dot": Distance.Dot, "Cosine": Distance.Cosine}[params.distance.value],
-        on_disk=params.on_disk,
-        multivector_config=MultiVectorConfig(MultiVectorComparator.MaxSim) if params.multivector_config else None,
-        # 10,000 KB: Qdrant's default full-scan threshold (a graph for a filter's small candidate set is skipped)
-        hnsw_config=HnswIndexConfig(m=hnsw.m, ef_construct=hnsw.ef_construct or 100, full_scan_threshold=10000)
-        if hnsw else None)
-
-
 def disk_bytes(path: Path) -> dict:
     """Bytes on disk by part: allocated blocks, at most the file's length (vector chunks are sparse mmaps)."""
     out = {"vectors": 0, "hnsw": 0, "payload": 0, "other": 0}
@@ -71,23 +57,17 @@ def disk_bytes(path: Path) -> dict:
 
 def build_design(path: Path, design: designs.Design, tokens: np.ndarray, names: list[str], uris: list[str],
                  indexing_threshold_kb: int | None = None):
-    from qdrant_edge import (
-        EdgeConfig,
-        EdgeOptimizersConfig,
-        EdgeShard,
-        PayloadSchemaType,
-        Point,
-        UpdateOperation,
-    )
+    from qdrant_edge import EdgeConfig, EdgeOptimizersConfig, EdgeShard, Point, UpdateOperation
+
+    from plugin.edge import payload_type, vector_params
 
     shutil.rmtree(path, ignore_errors=True)
     vectors = designs.vectors_config(design, tokens.shape[-1], "fp32")
     optimizers = EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb) if indexing_threshold_kb else None
-    shard = EdgeShard.create(str(path), EdgeConfig(vectors={n: edge_vector_params(p) for n, p in vectors.items()},
+    shard = EdgeShard.create(str(path), EdgeConfig(vectors={n: vector_params(p) for n, p in vectors.items()},
                                                    optimizers=optimizers))
-    kinds = {"keyword": PayloadSchemaType.Keyword, "integer": PayloadSchemaType.Integer}
     for field, kind in designs.bookkeeping_indexes(design).items():  # as create_collection: before any point
-        shard.update(UpdateOperation.create_field_index(field, kinds[kind]))
+        shard.update(UpdateOperation.create_field_index(field, payload_type(kind)))
     t0 = time.perf_counter()
     for s in range(0, len(tokens), 1000):
         points = [Point(p.id, p.vector, p.payload) for i in range(s, min(s + 1000, len(tokens)))

@@ -27,6 +27,7 @@ from cirdata.datasets import load_cirr  # noqa: E402
 from encoder import Encoder  # noqa: E402
 from encoder.fusion import l2_normalize, maxsim  # noqa: E402
 from plugin import CIRSearch, store  # noqa: E402
+from plugin.search import design_request  # noqa: E402
 
 
 def embed_real(enc: Encoder, root: Path, limit: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -84,10 +85,10 @@ def main() -> None:
             t1 = time.perf_counter()
             compose_t.append(t1 - t0)
             t0 = time.perf_counter()
-            exact = client.query_points("bench", **_kw(search._request(vec[0], 10, None, True, 1)))
+            exact = client.query_points("bench", **_kw(design_request(vec[0], 10, None, True, 1)))
             exact_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            client.query_points("bench", **_kw(search._request(vec[0], 10, None, False, search.oversample)))
+            client.query_points("bench", **_kw(design_request(vec[0], 10, None, False, search.oversample)))
             staged_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             s = maxsim(vec, tokens)[0]
@@ -95,7 +96,7 @@ def main() -> None:
             numpy_t.append(time.perf_counter() - t0)
             truth = {p.id for p in exact.points}
             for o in (args.oversample if size == args.sizes[0] else []):  # recall: on the first size only
-                got = client.query_points("bench", **_kw(search._request(vec[0], 10, None, False, o)))
+                got = client.query_points("bench", **_kw(design_request(vec[0], 10, None, False, o)))
                 recall[o].append(len(truth & {p.id for p in got.points}) / 10)
         rows.append((size, compose_t, exact_t, staged_t, numpy_t))
         if size == args.sizes[0]:

@@ -91,12 +91,19 @@ class EdgeClient:
             raise StoreError(f"{name!r} is not a collection name (no '/', not starting with '.')")
         return self.root / COLLECTIONS / name
 
+    def _is_collection(self, name: str) -> bool:
+        """A collection by its own name (its schema file is what makes it one), never an alias."""
+        return (self._dir(name) / SCHEMA).is_file()
+
     def _resolve(self, name: str) -> str:
         """A collection's own name, or the one an alias points at (reads and writes follow aliases, as on a
         server)."""
-        if (self._dir(name) / SCHEMA).is_file():
+        if self._is_collection(name):
             return name
         return self._read_aliases().get(name, name)
+
+    def _write_schema(self, name: str, schema: dict) -> None:
+        write_json(self._dir(name) / SCHEMA, schema)
 
     def _schema(self, name: str) -> dict:
         try:
@@ -136,7 +143,7 @@ class EdgeClient:
             with self._lock:
                 # a long-lived reader (the service) lets go of versions another process pruned since: their
                 # files stay on disk while they are open
-                for gone in [n for n in self._shards if not (self._dir(n) / SCHEMA).is_file()]:
+                for gone in [n for n in self._shards if not self._is_collection(n)]:
                     self._release(gone)
                 self._shards[name] = shard
             return shard
@@ -154,7 +161,7 @@ class EdgeClient:
 
     # -- collections ----------------------------------------------------------------------------
     def collection_exists(self, name: str) -> bool:
-        return (self._dir(self._resolve(name)) / SCHEMA).is_file()
+        return self._is_collection(self._resolve(name))
 
     def get_collections(self):
         names = sorted(p.parent.name for p in (self.root / COLLECTIONS).glob(f"*/{SCHEMA}")
@@ -164,20 +171,17 @@ class EdgeClient:
     def create_collection(self, collection_name: str, vectors_config: dict, quantization_config=None,
                           metadata: dict | None = None, **cluster) -> bool:
         """`cluster` (shards, replicas, write consistency) has no meaning here; store.create_collection warns."""
-        if (self._dir(collection_name) / SCHEMA).is_file():
+        if self._is_collection(collection_name):
             raise ValueError(f"Collection {collection_name} already exists")
         folder = self._dir(collection_name)
         shutil.rmtree(folder, ignore_errors=True)  # a create killed before its schema was written
         folder.mkdir(parents=True)
         params = {n: v if isinstance(v, models.VectorParams) else models.VectorParams.model_validate(v)
                   for n, v in vectors_config.items()}
-        quant = None
-        if quantization_config is not None:
-            sq = quantization_config.scalar
-            quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=sq.quantile, always_ram=sq.always_ram)
-        config = qe.EdgeConfig(vectors={n: vector_params(p) for n, p in params.items()}, quantization_config=quant)
+        config = qe.EdgeConfig(vectors={n: vector_params(p) for n, p in params.items()},
+                               quantization_config=scalar_quantization(quantization_config))
         qe.EdgeShard.create(str(folder / SHARD), config).close()
-        write_json(folder / SCHEMA, {
+        self._write_schema(collection_name, {
             "vectors": {n: p.model_dump(mode="json", exclude_none=True) for n, p in params.items()},
             "quantization": quantization_config.model_dump(mode="json") if quantization_config is not None else None,
             "payload_indexes": {}, "metadata": metadata or {}})
@@ -197,11 +201,11 @@ class EdgeClient:
         collection_name = self._resolve(collection_name)
         schema = self._schema(collection_name)
         schema["metadata"] = {**schema["metadata"], **(metadata or {})}
-        write_json(self._dir(collection_name) / SCHEMA, schema)
+        self._write_schema(collection_name, schema)
         return True
 
     def delete_collection(self, collection_name: str, **_) -> bool:
-        if not (self._dir(collection_name) / SCHEMA).is_file():  # a collection's own name, never an alias
+        if not self._is_collection(collection_name):  # a collection's own name, never an alias
             return False
         self._release(collection_name)
         with self._aliases_locked() as table:  # as on a server: a deleted collection's aliases go with it
@@ -219,15 +223,16 @@ class EdgeClient:
         self._shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, payload_type(kind)))
         schema = self._schema(collection_name)
         schema["payload_indexes"][field_name] = kind
-        write_json(self._dir(collection_name) / SCHEMA, schema)
+        self._write_schema(collection_name, schema)
         self._flush(collection_name, wait)
 
     def optimize(self, collection_name: str) -> bool:
         """Build the HNSW graphs and merge segments (blocking; the bindings hold the GIL meanwhile)."""
         if not self.allow_optimize:
             raise StoreError("this client serves searches: optimize() runs in indexing processes only")
-        done = self._shard(collection_name).optimize()
-        self._shard(collection_name).flush()
+        shard = self._shard(collection_name)
+        done = shard.optimize()
+        shard.flush()
         return done
 
     # -- aliases --------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ class EdgeClient:
 
     @contextmanager
     def _aliases_locked(self) -> Iterator[dict[str, str]]:
+        """The alias table to change under the folder's lock; written once at the end, not at all when the
+        caller's block raises (the exception leaves at the yield)."""
         with open(self.root / "aliases.lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # held for the read-modify-write only: milliseconds
             table = self._read_aliases()
@@ -253,24 +260,21 @@ class EdgeClient:
 
     def update_collection_aliases(self, change_aliases_operations: Sequence, **_) -> bool:
         """All the operations apply together, or none (the alias file is replaced once)."""
-        with self._aliases_locked() as table:
-            work = dict(table)
+        with self._aliases_locked() as table:  # an operation that raises leaves the file as it was
             for op in change_aliases_operations:
                 if isinstance(op, models.CreateAliasOperation):
                     target = op.create_alias.collection_name
-                    if not (self._dir(target) / SCHEMA).is_file():
+                    if not self._is_collection(target):
                         raise ValueError(f"Collection {target} not found")
-                    work[op.create_alias.alias_name] = target
+                    table[op.create_alias.alias_name] = target
                 elif isinstance(op, models.DeleteAliasOperation):
-                    work.pop(op.delete_alias.alias_name, None)
+                    table.pop(op.delete_alias.alias_name, None)
                 elif isinstance(op, models.RenameAliasOperation):
-                    if op.rename_alias.old_alias_name not in work:
+                    if op.rename_alias.old_alias_name not in table:
                         raise ValueError(f"Alias {op.rename_alias.old_alias_name} not found")
-                    work[op.rename_alias.new_alias_name] = work.pop(op.rename_alias.old_alias_name)
+                    table[op.rename_alias.new_alias_name] = table.pop(op.rename_alias.old_alias_name)
                 else:
                     raise StoreError(f"alias operation {type(op).__name__} is not supported by the edge engine")
-            table.clear()
-            table.update(work)
         return True
 
     # -- points ---------------------------------------------------------------------------------
@@ -390,6 +394,14 @@ def vector_params(p: models.VectorParams):
         hnsw_config=qe.HnswIndexConfig(m=16 if hnsw.m is None else hnsw.m, ef_construct=hnsw.ef_construct or 100,
                                        full_scan_threshold=hnsw.full_scan_threshold or 10000, on_disk=hnsw.on_disk)
         if hnsw else None)
+
+
+def scalar_quantization(q: models.ScalarQuantization | None):
+    """qdrant-client's int8 scalar quantisation (store.quantization_config) as edge's; None stays None."""
+    if q is None:
+        return None
+    return qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=q.scalar.quantile,
+                                       always_ram=q.scalar.always_ram)
 
 
 def search_params(p: models.SearchParams | None):

@@ -295,7 +295,7 @@ class CIRSearch:
             warnings.filterwarnings("ignore", message="Local mode performs exact")
             if design.name == designs.TOKEN:
                 return self._search_tokens(name, meta, design, q, filters, k, exact, explain, int8)
-            requests = [self._request(q[i], k, filters[i], exact, oversample, explain, int8, design)
+            requests = [design_request(q[i], k, filters[i], exact, oversample, design, self.hnsw_ef, explain, int8)
                         for i in range(len(q))]
             responses = self.client.query_batch_points(name, requests=requests)
         return [[(store.public_payload(p.payload), float(p.score),
@@ -306,7 +306,7 @@ class CIRSearch:
                        exact: bool, explain: bool, int8: bool) -> list[list[tuple[dict, float, object]]]:
         """The token design: one grouped query per composed query (Qdrant has no batch of grouped queries).
         With explain, the hits' token vectors come from a second call (a group's hit is one token only)."""
-        params = self._search_params(design, exact, int8)
+        params = search_params(design, exact, int8, self.hnsw_ef)
         found = []
         for i in range(len(q)):
             # A server's group_by runs a bounded number of token requests of limit k: with Q tokens an item, as
@@ -342,13 +342,6 @@ class CIRSearch:
             vec = p.vector.get(designs.TOKEN_VECTOR) if isinstance(p.vector, dict) else p.vector
             out[p.payload["item_id"]][p.payload[designs.TOKEN_INDEX]] = vec
         return out
-
-    def _search_params(self, design: designs.Design, exact: bool, int8: bool) -> models.SearchParams | None:
-        return search_params(design, exact, int8, self.hnsw_ef)
-
-    def _request(self, q: np.ndarray, k: int, flt, exact: bool, oversample: int, explain: bool = False,
-                 int8: bool = False, design: designs.Design | None = None) -> models.QueryRequest:
-        return design_request(q, k, flt, exact, oversample, design, self.hnsw_ef, explain, int8)
 
 
 def search_params(design: designs.Design, exact: bool, int8: bool, hnsw_ef: int | None = None) -> models.SearchParams:

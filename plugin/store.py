@@ -109,16 +109,13 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
     if client.collection_exists(name):
         raise StoreError(f"collection {name!r} already exists")
     d = spec.embed_dim
-    quant = models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-        type=models.ScalarType.INT8, always_ram=True)) if storage == "int8" else None
     if not placement.is_default and engine(client) != SERVER:
         warnings.warn(f"the embedded engine ({engine(client)}) has no cluster: {describe(placement)} is recorded but "
-                      "ignored (it applies on a "
-                      "Qdrant server, QDRANT_URL)", stacklevel=2)
+                      "ignored (it applies on a Qdrant server, QDRANT_URL)", stacklevel=2)
     client.create_collection(
         name,
         vectors_config=designs.vectors_config(chosen, d, storage, on_disk=placement.on_disk),
-        quantization_config=quant,
+        quantization_config=quantization_config(storage),
         metadata={META_KEY: {"fingerprint": spec.fingerprint, "embed_dim": d,
                              "num_query_tokens": spec.num_query_tokens, "format_version": spec.format_version,
                              "storage": storage, "state": BUILDING, **chosen.to_meta(),
@@ -131,6 +128,14 @@ def create_collection(client: QdrantClient, name: str, spec: BundleSpec,
             # local mode ignores payload indexes and says so; a server uses them
             warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
             client.create_payload_index(name, field, field_schema=PAYLOAD_TYPES[kind], wait=True)
+
+
+def quantization_config(storage: str) -> models.ScalarQuantization | None:
+    """int8: scalar quantisation, the codes in RAM (the fp32 originals on disk, designs.vectors_config)."""
+    if storage != "int8":
+        return None
+    return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8,
+                                                                            always_ram=True))
 
 
 def checked_design(design: str | Design) -> Design:
@@ -333,7 +338,9 @@ def is_local(client: QdrantClient) -> bool:
 
 def engine(client) -> str:
     """Which engine answers: EDGE (qdrant-edge in this process), LOCAL (qdrant-client's local mode) or SERVER."""
-    if type(client).__name__ == "EdgeClient" and type(client).__module__ == "plugin.edge":
+    from plugin.edge import EdgeClient
+
+    if isinstance(client, EdgeClient):
         return EDGE
     return LOCAL if is_local(client) else SERVER
 
@@ -351,9 +358,11 @@ def open_embedded(path: str, engine_name: str = EDGE, serving: bool = False):
     service's client, which never optimises (store.seal runs in indexing processes)."""
     from pathlib import Path
 
+    from plugin.edge import MARKER, EdgeClient
+
     folder = Path(path)
-    edge_marker = (folder / "dqe-cir-edge.json").exists()
-    local_names = sorted(p.name for p in (folder / "collection").glob("*") if p.is_dir())
+    edge_marker = (folder / MARKER).exists()
+    local_names = sorted(p.name for p in (folder / "collection").glob("*") if p.is_dir())  # local mode's layout
     if engine_name == EDGE:
         if local_names and not edge_marker:
             raise StoreError(f"{folder} holds collections made by qdrant-client's local mode "
@@ -361,8 +370,6 @@ def open_embedded(path: str, engine_name: str = EDGE, serving: bool = False):
                              "QDRANT_ENGINE=local, or re-index into a new "
                              "folder on the edge engine: dqe-cir index --catalog SRC --collection ALIAS "
                              "--qdrant-path NEW_FOLDER")
-        from plugin.edge import EdgeClient
-
         return EdgeClient(folder, allow_optimize=not serving)
     if engine_name == LOCAL:
         if edge_marker:
